@@ -1,0 +1,1 @@
+"""Facial emotion recognition, reproducible end to end: readers, models, training, metrics, figures, pipeline."""

@@ -1,0 +1,29 @@
+"""What every chapter notebook does first, whether papermill or a person runs it."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+
+from . import params as params_mod
+from .datasets import REPO_ROOT
+
+
+def start(params_file=None, run_dir=None, overrides=None):
+    """Resolve params, seed, set the plotly renderer; returns (params, run_dir).
+
+    With no arguments (a chapter opened in JupyterLab) it uses params/default.yaml
+    and runs/default, so a notebook runs top to bottom without papermill.
+    """
+    import plotly.io as pio
+
+    # The default renderer emits only the plotly JSON mime type, which the book drops;
+    # this one also inlines plotly.js (offline), so figures survive into static HTML.
+    pio.renderers.default = "plotly_mimetype+notebook"
+    params = params_mod.resolve(params_file or REPO_ROOT / "params" / "default.yaml", overrides)
+    run_dir = Path(run_dir) if run_dir else REPO_ROOT / "runs" / params["run_name"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    random.seed(params["seed"])
+    np.random.seed(params["seed"])
+    return params, run_dir

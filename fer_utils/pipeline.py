@@ -1,0 +1,264 @@
+"""params -> executed notebooks -> Jupyter Book.
+
+    python -m fer_utils.pipeline params/NAME.yaml [more.yaml ...] [-p key=value ...] [--force] [--dry-run]
+
+Each params file gets a run folder `runs/<run_name>/` holding the resolved
+params, provenance (data fingerprint, package versions, git commit, device)
+and the executed chapter notebooks. A notebook is re-executed only when its
+source, the resolved params, the data fingerprint or fer_utils' own code
+changed (or with --force). The book is built from the first run into a
+staging folder and swapped into `_build/html` only when the build succeeded,
+so a failure never destroys the last good book.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+
+from . import params as params_mod
+from .datasets import REPO_ROOT, DataError, open_dataset
+
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+BOOK_DIR = REPO_ROOT / "book"
+BUILD_DIR = REPO_ROOT / "_build"
+RUNS_DIR = REPO_ROOT / "runs"
+PACKAGES = ("torch", "torchvision", "numpy", "pandas", "scikit-learn", "opencv-python-headless", "plotly",
+            "papermill", "jupytext", "jupyter-book")
+
+
+class PipelineError(RuntimeError):
+    pass
+
+
+def log(message: str) -> None:
+    print(f"[pipeline {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def chapters() -> list[Path]:
+    """Chapter notebooks in book order (their file names start with the chapter number)."""
+    return sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.py"))
+
+
+def _git_commit() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return commit + ("+uncommitted changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+
+
+def _device() -> str:
+    import torch
+    if torch.cuda.is_available():
+        return f"CUDA: {torch.cuda.get_device_name(0)}"
+    return f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def provenance(params: dict, ds) -> dict:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return dict(run_name=params["run_name"], dataset=ds.format, data_dir=str(ds.root),
+                data_fingerprint=ds.fingerprint, classes=list(ds.classes),
+                images={s: int((ds.frame["split"] == s).sum()) for s in ds.splits},
+                git_commit=_git_commit(), device=_device(), python=platform.python_version(),
+                packages=versions)
+
+
+def _code_hash() -> str:
+    h = hashlib.sha256()
+    for f in sorted((REPO_ROOT / "fer_utils").glob("*.py")):
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def cache_key(notebook: Path, params: dict, fingerprint: str) -> str:
+    h = hashlib.sha256(notebook.read_bytes())
+    h.update(yaml.safe_dump(params, sort_keys=True).encode())
+    h.update(fingerprint.encode())
+    h.update(_code_hash().encode())
+    return h.hexdigest()
+
+
+def execute(notebook: Path, run_dir: Path) -> None:
+    """jupytext text -> ipynb -> papermill, written atomically next to the run's outputs."""
+    import jupytext
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    staging = run_dir / ".staging"
+    staging.mkdir(exist_ok=True)
+    source, partial = staging / f"{notebook.stem}.src.ipynb", staging / f"{notebook.stem}.ipynb"
+    nb = jupytext.read(notebook)
+    nb.metadata["kernelspec"] = dict(name="python3", display_name="Python 3", language="python")
+    jupytext.write(nb, source)
+    try:
+        papermill.execute_notebook(str(source), str(partial), kernel_name="python3", cwd=str(run_dir),
+                                   parameters=dict(params_file=str(run_dir / "params.yaml"),
+                                                   run_dir=str(run_dir)),
+                                   progress_bar=False, log_output=False)
+    except PapermillExecutionError as err:
+        raise PipelineError(
+            f"notebook {notebook.name} failed in cell {err.cell_index} (execution count {err.exec_count}): "
+            f"{err.ename}: {err.evalue}\n  partial output: {partial}\n  cell source:\n"
+            + "\n".join("    " + line for line in err.source.splitlines())) from None
+    os.replace(partial, run_dir / f"{notebook.stem}.ipynb")
+
+
+def run(params_file: Path, overrides: dict, force: bool = False, dry_run: bool = False) -> Path:
+    """Execute every chapter for one params file; returns its run folder."""
+    params = params_mod.resolve(params_file, overrides)
+    run_dir = RUNS_DIR / params["run_name"]
+    log(f"{params_file} -> {run_dir}: opening dataset '{params['dataset']}'")
+    started = time.perf_counter()
+    ds = open_dataset(params)
+    log(f"dataset ready: {len(ds.frame):,} images, {len(ds.classes)} classes, fingerprint {ds.fingerprint} "
+        f"({time.perf_counter() - started:.1f} s)")
+    keys_file = run_dir / "cache_keys.json"
+    keys = json.loads(keys_file.read_text()) if keys_file.is_file() else {}
+    if not dry_run:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        params_mod.save(params, run_dir / "params.yaml")
+        (run_dir / "provenance.json").write_text(json.dumps(provenance(params, ds), indent=2))
+    notebooks = chapters()
+    for i, notebook in enumerate(notebooks, 1):
+        key = cache_key(notebook, params, ds.fingerprint)
+        cached = not force and keys.get(notebook.stem) == key and (run_dir / f"{notebook.stem}.ipynb").is_file()
+        tag = f"[{i}/{len(notebooks)}] {notebook.stem}"
+        if cached or dry_run:
+            log(f"{tag}: {'cached, skipped' if cached else 'would execute'}")
+            continue
+        log(f"{tag}: executing ...")
+        t0 = time.perf_counter()
+        execute(notebook, run_dir)
+        keys[notebook.stem] = key
+        keys_file.write_text(json.dumps(keys, indent=2))
+        log(f"{tag}: done in {time.perf_counter() - t0:.1f} s")
+    return run_dir
+
+
+def _front_page(run_dir: Path) -> str:
+    prov = json.loads((run_dir / "provenance.json").read_text())
+    params = yaml.safe_load((run_dir / "params.yaml").read_text())
+    changed = {k: v for k, v in params.items() if params_mod.DEFAULTS.get(k) != v}
+    lines = [(BOOK_DIR / "intro.md").read_text().rstrip(), "", "## This build", "",
+             "| | |", "|---|---|",
+             f"| run | `{prov['run_name']}` |",
+             f"| dataset | {prov['dataset']} (`{prov['data_dir']}`) |",
+             f"| data fingerprint | `{prov['data_fingerprint']}` |",
+             f"| classes | {len(prov['classes'])}: {', '.join(prov['classes'])} |",
+             "| images | " + ", ".join(f"{s} {n:,}" for s, n in prov["images"].items()) + " |",
+             f"| git commit | `{prov['git_commit']}` |",
+             f"| device | {prov['device']} |",
+             f"| Python | {prov['python']} |",
+             "| packages | " + ", ".join(f"{k} {v}" for k, v in prov["packages"].items()) + " |",
+             "", "Parameters that differ from the defaults (the full resolved set is `params.yaml` "
+             "in the run folder):", "", "```yaml", yaml.safe_dump(changed, sort_keys=False).rstrip() or "{}",
+             "```", ""]
+    return "\n".join(lines)
+
+
+PLOTLY_JSON = "application/vnd.plotly.v1+json"
+
+
+def _copy_for_book(executed: Path, target: Path) -> None:
+    """Copy an executed notebook, dropping plotly's JSON twin of outputs that also carry HTML.
+
+    myst-nb parses every mime type of an output and warns on the plotly JSON one, which -W
+    turns into a failure; the HTML (with plotly.js inlined) is what the book shows. An output
+    with only the JSON (a figure that would vanish) keeps it, so the build still fails on it.
+    """
+    import nbformat
+
+    nb = nbformat.read(executed, as_version=4)
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if PLOTLY_JSON in data and "text/html" in data:
+                del data[PLOTLY_JSON]
+    nbformat.write(nb, target)
+
+
+def build_book(run_dir: Path) -> Path:
+    """Assemble the book's source from a run and build it; swap it in only on success."""
+    src = BUILD_DIR / "src"
+    shutil.rmtree(src, ignore_errors=True)
+    src.mkdir(parents=True)
+    prov = json.loads((run_dir / "provenance.json").read_text())
+    config = yaml.safe_load((BOOK_DIR / "_config.yml").read_text())
+    config.setdefault("html", {})["extra_footer"] = (
+        f"Run <code>{prov['run_name']}</code>: dataset {prov['dataset']}, data fingerprint "
+        f"<code>{prov['data_fingerprint']}</code>, parameters <code>runs/{prov['run_name']}/params.yaml</code>, "
+        f"commit <code>{prov['git_commit'][:12]}</code>.")
+    (src / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (src / "index.md").write_text(_front_page(run_dir))
+    pages = []
+    for notebook in chapters():
+        executed = run_dir / f"{notebook.stem}.ipynb"
+        if executed.is_file():
+            _copy_for_book(executed, src / executed.name)
+            pages.append(dict(file=notebook.stem))
+    (src / "_toc.yml").write_text(yaml.safe_dump(dict(format="jb-book", root="index",
+                                                      chapters=pages), sort_keys=False))
+    staging = BUILD_DIR / "staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    jb = Path(sys.executable).with_name("jupyter-book")
+    log("building the book (warnings are errors) ...")
+    t0 = time.perf_counter()
+    proc = subprocess.run([str(jb), "build", str(src), "--path-output", str(staging), "-W", "--keep-going",
+                           "--all"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise PipelineError("the book build failed; the previous book is left in place.\n"
+                            + (proc.stdout[-4000:] + proc.stderr[-4000:]).strip())
+    html, old = BUILD_DIR / "html", BUILD_DIR / "html.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if html.exists():
+        html.rename(old)
+    (staging / "_build" / "html").rename(html)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)
+    log(f"book built in {time.perf_counter() - t0:.1f} s: {html / 'index.html'}")
+    return html
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fer_utils.pipeline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("params", nargs="+", type=Path, help="params YAML files (one run each)")
+    parser.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a parameter (repeatable)")
+    parser.add_argument("--force", action="store_true", help="re-execute even if cached")
+    parser.add_argument("--dry-run", action="store_true", help="say what would execute, execute nothing")
+    parser.add_argument("--no-book", action="store_true", help="execute the notebooks, skip the book build")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    try:
+        overrides = dict(params_mod.parse_override(p) for p in args.param)
+        run_dirs = [run(p, overrides, args.force, args.dry_run) for p in args.params]
+        if not (args.dry_run or args.no_book):
+            build_book(run_dirs[0])
+    except (PipelineError, params_mod.ParamsError, DataError) as err:
+        log(f"ERROR: {err}")
+        return 1
+    log(f"finished in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

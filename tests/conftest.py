@@ -1,0 +1,79 @@
+"""Small on-disk datasets in each supported format, written per test."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+FER_DATA_DIR = os.environ.get("FER_DATA_DIR") or str(Path.home() / ".cache/fer-data/fer2013")
+
+
+def face(seed: int, size: int = 24, mode: str = "L") -> Image.Image:
+    rng = np.random.default_rng(seed)
+    shape = (size, size) if mode == "L" else (size, size, 3)
+    return Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode)
+
+
+@pytest.fixture
+def folders_dataset(tmp_path):
+    """train/ and val/ class folders (Kaggle FER2013 style names), 3 images per class."""
+    root = tmp_path / "fer"
+    for split in ("train", "val"):
+        for i, cls in enumerate(["Angry", "happy", "Sadness", "neutral"]):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for j in range(3):
+                face(100 * i + j).save(d / f"{j}.png")
+    return root
+
+
+@pytest.fixture
+def affectnet_mini(tmp_path):
+    """AffectNet-mini layout with ids 0..10 (8-10 are not emotions) plus an out-of-range 12."""
+    root = tmp_path / "affectnet"
+    for split_dir, ids in (("train_set", [0, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12]), ("val_set", list(range(8)))):
+        images, ann = root / split_dir / "images", root / split_dir / "annotations"
+        images.mkdir(parents=True)
+        ann.mkdir()
+        for n, label in enumerate(ids):
+            face(n, mode="RGB").save(images / f"{n}.jpg")
+            np.save(ann / f"{n}_exp.npy", np.array(str(label)))
+            np.save(ann / f"{n}_val.npy", np.array("0.25"))
+            np.save(ann / f"{n}_aro.npy", np.array("-0.5"))
+            np.save(ann / f"{n}_lnd.npy", np.array(";".join(["1.5"] * 136)))
+    return root
+
+
+@pytest.fixture
+def fer2013_csv(tmp_path):
+    rows = []
+    for i in range(14):
+        rows.append(dict(emotion=i % 7, pixels=" ".join(map(str, np.full(48 * 48, i * 10))),
+                         Usage=["Training", "PublicTest", "PrivateTest"][i % 3]))
+    rows.append(dict(emotion=9, pixels=" ".join(["0"] * 2304), Usage="Training"))      # unknown label
+    rows.append(dict(emotion=3, pixels="1 2 3", Usage="Training"))                      # bad pixel row
+    path = tmp_path / "fer2013.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return tmp_path
+
+
+@pytest.fixture
+def affectnet_csv(tmp_path):
+    root = tmp_path / "AffectNet"
+    images = root / "Manually_Annotated_Images" / "1"
+    images.mkdir(parents=True)
+    rows = {"train": [], "val": []}
+    for n, label in enumerate([0, 1, 2, 7, 8, 1, 3, 6]):
+        face(n, size=40, mode="RGB").save(images / f"{n}.jpg")
+        rows["train" if n < 5 else "val"].append(dict(
+            subDirectory_filePath=f"1/{n}.jpg", face_x=5, face_y=6, face_width=20, face_height=24,
+            facial_landmarks=";".join(["10.0"] * 136), expression=label, valence=0.1, arousal=0.2))
+    rows["val"].append(dict(subDirectory_filePath="1/missing.jpg", face_x=0, face_y=0, face_width=1,
+                            face_height=1, facial_landmarks="", expression=1, valence=0, arousal=0))
+    pd.DataFrame(rows["train"]).to_csv(root / "training.csv", index=False)
+    pd.DataFrame(rows["val"]).to_csv(root / "validation.csv", index=False)
+    return root

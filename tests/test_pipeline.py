@@ -1,0 +1,79 @@
+"""End to end: params -> executed notebooks -> book, with caching and failure handling."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from fer_utils import pipeline
+
+TINY = """dataset: synthetic
+synthetic_n_train: 120
+synthetic_n_val: 32
+synthetic_size: 32
+image_size: 32
+epochs: 2
+width: 8
+batch_size: 32
+bootstrap: 50
+"""
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    """Runs and the book go to tmp_path; returns a tiny params file."""
+    monkeypatch.setattr(pipeline, "RUNS_DIR", tmp_path / "runs")
+    monkeypatch.setattr(pipeline, "BUILD_DIR", tmp_path / "_build")
+    params = tmp_path / "tiny.yaml"
+    params.write_text(TINY + f"data_dir: {tmp_path / 'synthetic'}\n")
+    return params
+
+
+@pytest.mark.slow
+def test_book_builds_then_cache_skips(isolated, tmp_path, capsys):
+    assert pipeline.main([str(isolated)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"01_data: done in [\d.]+ s", out)
+    html = tmp_path / "_build" / "html"
+    page = (html / "01_data.html").read_text()
+    # plotly figures are embedded with plotly.js inlined: no CDN.
+    assert page.count('class="plotly-graph-div"') >= 3
+    assert "Plotly.newPlot" in page and not re.search(r'<script[^>]+src="https?://[^"]*plot', page)
+    index = (html / "index.html").read_text()
+    run = tmp_path / "runs" / "tiny"
+    prov = json.loads((run / "provenance.json").read_text())
+    assert prov["data_fingerprint"] in index and prov["data_fingerprint"] in page  # front page and footer
+    assert (run / "params.yaml").is_file() and prov["images"] == {"train": 120, "val": 32}
+
+    assert pipeline.main([str(isolated)]) == 0
+    out = capsys.readouterr().out
+    assert "01_data: cached, skipped" in out and "executing" not in out
+
+    assert pipeline.main([str(isolated), "--dry-run", "-p", "epochs=3"]) == 0
+    assert "01_data: would execute" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_failing_cell_names_notebook_and_cell_and_keeps_book(isolated, tmp_path, monkeypatch, capsys):
+    html = tmp_path / "_build" / "html"
+    html.mkdir(parents=True)
+    (html / "index.html").write_text("previous good book")
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    (notebooks / "01_broken.py").write_text(
+        "# %% tags=['parameters']\nparams_file = None\nrun_dir = None\n\n"
+        "# %%\nx = 1\n\n# %%\nraise ValueError('synthetic failure for the test')\n")
+    monkeypatch.setattr(pipeline, "NOTEBOOK_DIR", notebooks)
+    assert pipeline.main([str(isolated)]) == 1
+    out = capsys.readouterr().out
+    assert "notebook 01_broken.py failed in cell" in out
+    assert "ValueError: synthetic failure for the test" in out
+    assert (html / "index.html").read_text() == "previous good book"
+
+
+def test_bad_params_fail_before_any_work(isolated, tmp_path, capsys):
+    isolated.write_text(TINY + "epoch: 3\n")
+    assert pipeline.main([str(isolated)]) == 1
+    assert "unknown parameter 'epoch'" in capsys.readouterr().out
+    assert not (tmp_path / "runs").exists()

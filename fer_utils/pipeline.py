@@ -122,6 +122,34 @@ def execute(notebook: Path, run_dir: Path) -> None:
     os.replace(partial, run_dir / f"{notebook.stem}.ipynb")
 
 
+def plan(params_files: list[Path], overrides: dict, sweep: str | None = None) -> list[tuple[Path, dict]]:
+    """The batch: one (params file, overrides) per run, with distinct run names.
+
+    Overrides and sweep values name the run (`default-lr=0.01`) unless run_name is given,
+    so runs of one params file with different values never overwrite each other.
+    """
+    values = [None]
+    if sweep:
+        key, _, raw = sweep.partition("=")
+        values = [params_mod.parse_override(f"{key}={v}") for v in raw.split(",") if v != ""]
+        if not values:
+            raise params_mod.ParamsError(f"--sweep '{sweep}' must look like key=value1,value2")
+    batch, names = [], {}
+    for params_file in params_files:
+        for value in values:
+            extra = dict(overrides, **dict([value])) if value else dict(overrides)
+            if extra and "run_name" not in extra:
+                stem = params_mod.resolve(params_file)["run_name"]
+                extra["run_name"] = "-".join([stem] + [f"{k}={v}" for k, v in extra.items()]).replace("/", "_")
+            name = params_mod.resolve(params_file, extra)["run_name"]
+            if name in names:
+                raise params_mod.ParamsError(f"{params_file} and {names[name]} would both write runs/{name}; "
+                                             "give one of them another run_name")
+            names[name] = params_file
+            batch.append((params_file, extra))
+    return batch
+
+
 def run(params_file: Path, overrides: dict, force: bool = False, dry_run: bool = False) -> Path:
     """Execute every chapter for one params file; returns its run folder."""
     params = params_mod.resolve(params_file, overrides)
@@ -154,11 +182,48 @@ def run(params_file: Path, overrides: dict, force: bool = False, dry_run: bool =
     return run_dir
 
 
+def _metric_rows(run_dir: Path) -> list[str]:
+    """Markdown table rows of a run's headline metrics (from the evaluation chapter's metrics.json)."""
+    f = run_dir / "metrics.json"
+    if not f.is_file():
+        return []
+    rows = []
+    for split, m in json.loads(f.read_text()).items():
+        if isinstance(m, dict) and "accuracy" in m:
+            rows.append(f"| {run_dir.name} | {split} | {m['accuracy']:.1%} | {m['balanced_accuracy']:.1%} | "
+                        f"{m['macro_f1']:.3f} | {m.get('protocol', '')} |")
+    return rows
+
+
+METRIC_HEADER = ["| run | split | accuracy | balanced accuracy | macro-F1 | protocol |",
+                 "|---|---|---|---|---|---|"]
+
+
+def _comparison_page(run_dirs: list[Path]) -> str:
+    lines = ["# Runs compared", "", "Every run of this batch, with its headline metrics and the split and "
+             "protocol they were measured on. Accuracy on an imbalanced split is not comparable with accuracy "
+             "on a balanced one: compare balanced accuracy and macro-F1 across datasets.", ""]
+    lines += METRIC_HEADER
+    for run_dir in run_dirs:
+        rows = _metric_rows(run_dir)
+        lines += rows or [f"| {run_dir.name} | - | - | - | - | not evaluated |"]
+    lines += ["", "| run | dataset | data fingerprint | parameters that differ from the defaults |", "|---|---|---|---|"]
+    for run_dir in run_dirs:
+        prov = json.loads((run_dir / "provenance.json").read_text())
+        params = yaml.safe_load((run_dir / "params.yaml").read_text())
+        changed = ", ".join(f"`{k}={v}`" for k, v in params.items()
+                            if params_mod.DEFAULTS.get(k) != v and k != "run_name")
+        lines.append(f"| {run_dir.name} | {prov['dataset']} | `{prov['data_fingerprint']}` | {changed} |")
+    return "\n".join(lines) + "\n"
+
+
 def _front_page(run_dir: Path) -> str:
     prov = json.loads((run_dir / "provenance.json").read_text())
     params = yaml.safe_load((run_dir / "params.yaml").read_text())
     changed = {k: v for k, v in params.items() if params_mod.DEFAULTS.get(k) != v}
-    lines = [(BOOK_DIR / "intro.md").read_text().rstrip(), "", "## This build", "",
+    metrics = _metric_rows(run_dir)
+    headline = ["## Headline results", "", *METRIC_HEADER, *metrics, ""] if metrics else []
+    lines = [(BOOK_DIR / "intro.md").read_text().rstrip(), "", *headline, "## This build", "",
              "| | |", "|---|---|",
              f"| run | `{prov['run_name']}` |",
              f"| dataset | {prov['dataset']} (`{prov['data_dir']}`) |",
@@ -196,8 +261,10 @@ def _copy_for_book(executed: Path, target: Path) -> None:
     nbformat.write(nb, target)
 
 
-def build_book(run_dir: Path) -> Path:
-    """Assemble the book's source from a run and build it; swap it in only on success."""
+def build_book(run_dirs: list[Path]) -> Path:
+    """Assemble the book's source (chapters of the first run, a comparison page when there are
+    several) and build it; swap it in only on success."""
+    run_dir = run_dirs[0]
     src = BUILD_DIR / "src"
     shutil.rmtree(src, ignore_errors=True)
     src.mkdir(parents=True)
@@ -215,6 +282,9 @@ def build_book(run_dir: Path) -> Path:
         if executed.is_file():
             _copy_for_book(executed, src / executed.name)
             pages.append(dict(file=notebook.stem))
+    if len(run_dirs) > 1:
+        (src / "runs.md").write_text(_comparison_page(run_dirs))
+        pages.append(dict(file="runs"))
     (src / "_toc.yml").write_text(yaml.safe_dump(dict(format="jb-book", root="index",
                                                       chapters=pages), sort_keys=False))
     staging = BUILD_DIR / "staging"
@@ -243,6 +313,7 @@ def main(argv=None) -> int:
     parser.add_argument("params", nargs="+", type=Path, help="params YAML files (one run each)")
     parser.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                         help="override a parameter (repeatable)")
+    parser.add_argument("--sweep", metavar="KEY=V1,V2", help="one run per value of KEY, for every params file")
     parser.add_argument("--force", action="store_true", help="re-execute even if cached")
     parser.add_argument("--dry-run", action="store_true", help="say what would execute, execute nothing")
     parser.add_argument("--no-book", action="store_true", help="execute the notebooks, skip the book build")
@@ -250,9 +321,14 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     try:
         overrides = dict(params_mod.parse_override(p) for p in args.param)
-        run_dirs = [run(p, overrides, args.force, args.dry_run) for p in args.params]
+        batch = plan(args.params, overrides, args.sweep)
+        run_dirs = []
+        for i, (params_file, extra) in enumerate(batch, 1):
+            if len(batch) > 1:
+                log(f"run {i}/{len(batch)}")
+            run_dirs.append(run(params_file, extra, args.force, args.dry_run))
         if not (args.dry_run or args.no_book):
-            build_book(run_dirs[0])
+            build_book(run_dirs)
     except (PipelineError, params_mod.ParamsError, DataError) as err:
         log(f"ERROR: {err}")
         return 1

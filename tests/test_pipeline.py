@@ -51,7 +51,20 @@ def test_book_builds_then_cache_skips(isolated, tmp_path, capsys):
     assert "01_data: cached, skipped" in out and "executing" not in out
 
     assert pipeline.main([str(isolated), "--dry-run", "-p", "epochs=3"]) == 0
-    assert "01_data: would execute" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "01_data: would execute" in out and "runs/tiny-epochs=3" in out
+    assert not (tmp_path / "runs" / "tiny-epochs=3").exists()
+
+    # A batch continues where it stopped: the finished run is skipped, the other executes,
+    # each gets its own folder, and the book gains a comparison page.
+    second = tmp_path / "second.yaml"
+    second.write_text(isolated.read_text())
+    assert pipeline.main([str(isolated), str(second)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("01_data: cached, skipped") == 1 and out.count("01_data: done in") == 1
+    assert (tmp_path / "runs" / "second" / "01_data.ipynb").is_file()
+    runs_page = (html / "runs.html").read_text()
+    assert "tiny" in runs_page and "second" in runs_page
 
 
 @pytest.mark.slow

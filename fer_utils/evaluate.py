@@ -1,0 +1,381 @@
+"""Evaluation: predictions of a trained checkpoint, per-split summaries, per-class tables.
+
+Every score is computed by scikit-learn from (true, predicted) labels, and every
+summary says which split it was measured on and what that split looks like:
+
+- accuracy: share of correct answers. On an imbalanced split it rewards the
+  majority class, so each summary carries what always answering the training
+  set's most frequent class scores on the same split.
+- balanced accuracy: mean per-class recall over the classes present in the
+  split (the balanced protocol; on a balanced split it equals accuracy).
+- macro-F1: mean F1 over the classes present in the split or predicted (a class
+  predicted but absent keeps F1 = 0: all those predictions are wrong; a class
+  neither present nor predicted has no F1 and is left out). This is scikit-learn's
+  default label set for `average="macro"`.
+- weighted-F1: F1 averaged with the class supports as weights.
+
+Classes absent from a split are listed by name in the summary; nothing divides
+by zero and no average is NaN.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support,
+                             recall_score)
+
+from . import train
+from .datasets import REPO_ROOT, Dataset
+
+BALANCED_RATIO = 1.1  # a split is "balanced" when its largest class is at most 10% above its smallest
+
+
+# -- predictions --------------------------------------------------------------
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, x_uint8, batch_size: int = 256, device="cpu", amp: bool = False,
+            return_logits: bool = False):
+    """Class probabilities (N, K) float64 numpy for uint8 images (N, C, H, W), tensor or numpy.
+
+    Images are normalised exactly as in training (`train.prepare_batch`, no augmentation).
+    With return_logits=True returns (probs, logits).
+    """
+    device = train.select_device(device) if isinstance(device, str) else torch.device(device)
+    model = model.to(device).eval()
+    x = torch.as_tensor(x_uint8)
+    amp_dtype = train._amp_dtype(device, amp)
+    chunks = []
+    for start in range(0, len(x), batch_size):
+        xb = x[start:start + batch_size].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(train.prepare_batch(xb))
+        chunks.append(logits.float().cpu())
+    num_classes = _num_classes(model)
+    logits = torch.cat(chunks).double() if chunks else torch.zeros((0, num_classes), dtype=torch.float64)
+    probs = torch.softmax(logits, 1).numpy()
+    return (probs, logits.numpy()) if return_logits else probs
+
+
+def _num_classes(model) -> int:
+    config = getattr(train._unwrap(model), "config", None)
+    return int(config["num_classes"]) if config else 0
+
+
+def predictions_frame(locations, y_true, probs: np.ndarray, classes) -> pd.DataFrame:
+    """One row per image: location, true, predicted (class names), confidence, prob_<class> per class."""
+    classes = list(classes)
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[1] != len(classes):
+        raise ValueError(f"probs has shape {probs.shape}; expected (N, {len(classes)}) for classes {classes}")
+    y_true = _as_ids(y_true, classes)
+    if len(y_true) != len(probs) or len(locations) != len(probs):
+        raise ValueError(f"{len(locations)} locations, {len(y_true)} labels and {len(probs)} probability rows")
+    pred = probs.argmax(1) if len(probs) else np.zeros(0, np.int64)
+    frame = pd.DataFrame(dict(location=np.asarray(locations).astype(str),
+                              true=np.asarray(classes, dtype=object)[y_true] if len(y_true) else [],
+                              predicted=np.asarray(classes, dtype=object)[pred] if len(pred) else [],
+                              confidence=probs.max(1) if len(probs) else [],))
+    for i, c in enumerate(classes):
+        frame[f"prob_{c}"] = probs[:, i]
+    return frame
+
+
+def prob_columns(frame: pd.DataFrame, classes) -> np.ndarray:
+    """The (N, K) probability matrix of a predictions frame, in `classes` order."""
+    return frame[[f"prob_{c}" for c in classes]].to_numpy(dtype=np.float64)
+
+
+def save_predictions(frame: pd.DataFrame, run_dir, split: str) -> Path:
+    """Write `predictions_<split>.csv` into the run folder (atomically); returns its path."""
+    path = Path(run_dir) / f"predictions_{split}.csv"
+    tmp = path.with_name(path.name + ".tmp")
+    frame.to_csv(tmp, index=False, float_format="%.8g")
+    tmp.replace(path)
+    return path
+
+
+def load_predictions(run_dir, split: str) -> pd.DataFrame:
+    path = Path(run_dir) / f"predictions_{split}.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"no predictions at {path}: run the evaluation chapter (03_evaluation) first")
+    return pd.read_csv(path, dtype=dict(location=str, true=str, predicted=str))
+
+
+def _as_ids(labels_, classes) -> np.ndarray:
+    """Class names or integer ids -> integer ids in `classes` order (unknown names are an error)."""
+    arr = np.asarray(labels_)
+    if arr.size == 0:
+        return np.zeros(0, np.int64)
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int64)
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted(set(arr.tolist()) - set(index))
+    if unknown:
+        raise ValueError(f"labels {unknown} are not among the classes {list(classes)}")
+    return np.array([index[v] for v in arr.tolist()], dtype=np.int64)
+
+
+# -- summaries ----------------------------------------------------------------
+
+def _scores(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float, float]:
+    """accuracy, balanced accuracy (mean recall over classes present in y_true), macro-F1 (sklearn)."""
+    present = np.unique(y_true)
+    return (float(accuracy_score(y_true, y_pred)),
+            float(recall_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
+            float(f1_score(y_true, y_pred, average="macro", zero_division=0)))
+
+
+def bootstrap_ci(y_true, y_pred, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Percentile bootstrap CIs (resampling images with replacement, `n_boot` times) for accuracy, balanced
+    accuracy and macro-F1: {metric: (low, high)}, each resample scored by scikit-learn as in `split_summary`."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if n_boot < 2:
+        raise ValueError(f"bootstrap needs at least 2 resamples, got {n_boot}")
+    rng = np.random.default_rng(seed)
+    n = len(y_true)
+    values = np.empty((n_boot, 3))
+    for b in range(n_boot):
+        idx = rng.integers(0, n, n)
+        values[b] = _scores(y_true[idx], y_pred[idx])
+    alpha = (1 - level) / 2
+    low, high = np.quantile(values, [alpha, 1 - alpha], axis=0)
+    return {name: (float(lo), float(hi)) for name, lo, hi in
+            zip(("accuracy", "balanced_accuracy", "macro_f1"), low, high)}
+
+
+def train_majority(ds: Dataset) -> str:
+    """The training split's most frequent class (the first split's if there is no train split)."""
+    split = "train" if "train" in ds.splits else ds.splits[0]
+    counts = ds.split(split)["emotion"].value_counts()
+    return str(max(counts.index, key=lambda c: (counts[c], -ds.classes.index(c))))
+
+
+def protocol_text(s: dict) -> str:
+    """One sentence that says which protocol a split summary follows and which number to read."""
+    if s["balanced"]:
+        per_class = (f"{s['min_count']:,}" if s["min_count"] == s["max_count"]
+                     else f"{s['min_count']:,}-{s['max_count']:,}")
+        return (f"balanced split ({per_class} images per class): accuracy equals "
+                f"balanced accuracy, the protocol of published AffectNet-8 results")
+    absent = f"; no images of {', '.join(s['absent_classes'])}" if s["absent_classes"] else ""
+    return (f"imbalanced split (largest/smallest class {s['imbalance']:.1f}x{absent}): accuracy rewards the "
+            f"majority class (always '{s['majority_class']}' scores {s['majority_accuracy']:.1%}); balanced "
+            f"accuracy (mean per-class recall) is the balanced protocol")
+
+
+def split_summary(y_true, y_pred, classes, train_majority: str | int, n_boot: int = 1000, seed: int = 0,
+                  split: str | None = None) -> dict:
+    """Headline scores of one split, the majority-class guess's scores on it, bootstrap 95% CIs and the
+    split's shape. Labels may be class names or ids. Keys: split, n, accuracy, balanced_accuracy, macro_f1,
+    weighted_f1, accuracy_ci, balanced_accuracy_ci, macro_f1_ci, majority_class, majority_accuracy,
+    majority_balanced_accuracy, majority_macro_f1, balanced, imbalance, min_count, max_count,
+    absent_classes (names), present_classes, protocol."""
+    classes = list(classes)
+    y_true, y_pred = _as_ids(y_true, classes), _as_ids(y_pred, classes)
+    if y_true.size == 0:
+        raise ValueError(f"split {split or ''} has no images: nothing to score".replace("  ", " "))
+    majority = train_majority if isinstance(train_majority, (int, np.integer)) else classes.index(train_majority)
+    accuracy, balanced_accuracy, macro_f1 = _scores(y_true, y_pred)
+    guess = np.full_like(y_true, majority)
+    m_acc, m_bal, m_f1 = _scores(y_true, guess)
+    counts = np.bincount(y_true, minlength=len(classes))
+    present = counts[counts > 0]
+    absent = [c for c, n in zip(classes, counts) if n == 0]
+    ci = bootstrap_ci(y_true, y_pred, n_boot, seed)
+    s = dict(split=split, n=int(y_true.size), accuracy=accuracy, balanced_accuracy=balanced_accuracy,
+             macro_f1=macro_f1,
+             weighted_f1=float(f1_score(y_true, y_pred, average="weighted", zero_division=0)),
+             accuracy_ci=ci["accuracy"], balanced_accuracy_ci=ci["balanced_accuracy"], macro_f1_ci=ci["macro_f1"],
+             n_boot=int(n_boot), majority_class=classes[majority], majority_accuracy=m_acc,
+             majority_balanced_accuracy=m_bal, majority_macro_f1=m_f1,
+             balanced=bool(not absent and present.max() <= BALANCED_RATIO * present.min()),
+             imbalance=float(present.max() / present.min()), min_count=int(present.min()),
+             max_count=int(present.max()), absent_classes=absent,
+             present_classes=[c for c, n in zip(classes, counts) if n > 0])
+    s["protocol"] = protocol_text(s)
+    return s
+
+
+def summary_table(summaries: list[dict]) -> pd.DataFrame:
+    """Model and majority-guess rows per split, with the CIs as 'low-high' columns (for display)."""
+    rows = []
+    for s in summaries:
+        ci = {k: s[f"{k}_ci"] for k in ("accuracy", "balanced_accuracy", "macro_f1")}
+        rows.append(dict(split=s["split"], predictor="model", images=s["n"], accuracy=s["accuracy"],
+                         accuracy_95ci=_fmt_ci(ci["accuracy"], "{:.1%}"),
+                         balanced_accuracy=s["balanced_accuracy"],
+                         balanced_accuracy_95ci=_fmt_ci(ci["balanced_accuracy"], "{:.1%}"),
+                         macro_f1=s["macro_f1"], macro_f1_95ci=_fmt_ci(ci["macro_f1"], "{:.3f}"),
+                         weighted_f1=s["weighted_f1"]))
+        rows.append(dict(split=s["split"], predictor=f"always '{s['majority_class']}'", images=s["n"],
+                         accuracy=s["majority_accuracy"], accuracy_95ci="",
+                         balanced_accuracy=s["majority_balanced_accuracy"], balanced_accuracy_95ci="",
+                         macro_f1=s["majority_macro_f1"], macro_f1_95ci="", weighted_f1=np.nan))
+    return pd.DataFrame(rows)
+
+
+def _fmt_ci(ci, fmt: str) -> str:
+    return f"{fmt.format(ci[0])} – {fmt.format(ci[1])}"
+
+
+def per_class_table(y_true, y_pred, classes) -> pd.DataFrame:
+    """precision, recall, F1, support (true images) and predicted count per class (sklearn), plus a note.
+
+    Undefined values are NaN *and* explained in `note`, never silent: recall of a class with no images in
+    the split, precision of a class never predicted. F1 is NaN only for a class neither present nor
+    predicted, so the mean of the F1 column over its non-NaN values equals the summary's macro-F1.
+    """
+    classes = list(classes)
+    y_true, y_pred = _as_ids(y_true, classes), _as_ids(y_pred, classes)
+    ids = np.arange(len(classes))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=ids, average=None, zero_division=np.nan)
+    _, _, f1_zero, _ = precision_recall_fscore_support(y_true, y_pred, labels=ids, average=None, zero_division=0)
+    predicted = np.bincount(y_pred, minlength=len(classes))
+    notes = []
+    for i in ids:
+        note = []
+        if support[i] == 0:
+            note.append("no images in this split: recall undefined")
+        if predicted[i] == 0:
+            note.append("never predicted: precision undefined")
+        notes.append("; ".join(note))
+    seen = (support > 0) | (predicted > 0)
+    return pd.DataFrame(dict(emotion=classes, precision=precision, recall=np.where(support > 0, recall, np.nan),
+                             f1=np.where(seen, f1_zero, np.nan), support=support.astype(int),
+                             predicted=predicted.astype(int), note=notes))
+
+
+def confusion(y_true, y_pred, classes) -> pd.DataFrame:
+    """Confusion counts: rows = true class, columns = predicted class, all classes (sklearn)."""
+    classes = list(classes)
+    cm = confusion_matrix(_as_ids(y_true, classes), _as_ids(y_pred, classes), labels=np.arange(len(classes)))
+    return pd.DataFrame(cm, index=pd.Index(classes, name="true"), columns=pd.Index(classes, name="predicted"))
+
+
+def confused_pairs(cm: pd.DataFrame) -> pd.DataFrame:
+    """Off-diagonal cells ranked by count: true, predicted, count, share of the true class's images."""
+    rows = []
+    totals = cm.sum(axis=1)
+    for t in cm.index:
+        for p in cm.columns:
+            if t != p and cm.loc[t, p] > 0:
+                rows.append(dict(true=t, predicted=p, count=int(cm.loc[t, p]),
+                                 share_of_true=float(cm.loc[t, p] / totals[t])))
+    frame = pd.DataFrame(rows, columns=["true", "predicted", "count", "share_of_true"])
+    return frame.sort_values(["count", "share_of_true"], ascending=False, ignore_index=True)
+
+
+def headline(summary: dict) -> dict:
+    """The part of a split summary that metrics.json (and the book's front page) shows."""
+    keys = ("n", "accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "accuracy_ci", "balanced_accuracy_ci",
+            "macro_f1_ci", "majority_class", "majority_accuracy", "majority_balanced_accuracy", "majority_macro_f1",
+            "balanced", "absent_classes", "protocol")
+    return {k: (list(summary[k]) if isinstance(summary[k], tuple) else summary[k]) for k in keys}
+
+
+def save_metrics(summaries: list[dict], run_dir, **extra) -> Path:
+    """metrics.json in the run folder: {split: headline(summary)}, plus `extra` top-level entries."""
+    data = {s["split"]: headline(s) for s in summaries}
+    data.update(extra)
+    path = Path(run_dir) / "metrics.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+    return path
+
+
+# -- the checkpoint -------------------------------------------------------------
+
+def checkpoint_path(params: dict, run_dir) -> Path:
+    """params["checkpoint"]: 'best' or 'last' (in run_dir), or a path (absolute, or relative to the
+    working directory, the run folder or the repository)."""
+    choice = str(params.get("checkpoint") or "best")
+    if choice in ("best", "last"):
+        return Path(run_dir) / f"{choice}.pt"
+    path = Path(choice).expanduser()
+    if path.is_absolute():
+        return path
+    for base in (Path.cwd(), Path(run_dir), REPO_ROOT):
+        if (base / path).is_file():
+            return base / path
+    return path
+
+
+def load_for_evaluation(params: dict, run_dir, ds: Dataset | None = None, device="cpu"):
+    """Load the checkpoint params["checkpoint"] names (weights_only, via the training engine) into its own
+    model, in eval mode on `device`. Returns (model, checkpoint dict).
+
+    The checkpoint's classes must equal the dataset's (same names, same order): otherwise
+    train.CheckpointError names both lists. A checkpoint trained on other data of the same classes is
+    allowed (cross-dataset evaluation); checkpoint["notes"] says so.
+    """
+    path = checkpoint_path(params, run_dir)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path} (checkpoint={params.get('checkpoint')!r}); run the "
+                                f"training chapter (02_training) first or point `checkpoint` at a .pt file")
+    model, ckpt = train.load_model(path, device)
+    notes = []
+    if ds is not None:
+        if list(ckpt["classes"]) != list(ds.classes):
+            raise train.CheckpointError(
+                f"checkpoint {path} was trained on classes {list(ckpt['classes'])}, but dataset "
+                f"'{ds.format}' has classes {list(ds.classes)}: a model can only be scored on the classes "
+                f"(names and order) it was trained on")
+        if ckpt.get("fingerprint") and ds.fingerprint and ckpt["fingerprint"] != ds.fingerprint:
+            notes.append(f"the checkpoint was trained on other data (fingerprint {ckpt['fingerprint']}) than "
+                         f"the data evaluated here ({ds.fingerprint})")
+    ckpt["path"] = path
+    ckpt["notes"] = notes
+    return model, ckpt
+
+
+def predict_split(model, ckpt: dict, ds: Dataset, split: str, batch_size: int = 256, device="cpu",
+                  amp: bool = False):
+    """Decode `split` at the checkpoint's image size and channels, predict it. Returns
+    (predictions frame, x uint8, y, locations)."""
+    from .images import load_split
+
+    config = ckpt["model_config"]
+    x, y, locations = load_split(ds, split, config["image_size"], config["in_channels"])
+    probs = predict(model, x, batch_size, device, amp)
+    return predictions_frame(locations, y, probs, ds.classes), x, y, locations
+
+
+def load_faces(ds: Dataset, locations, size: int = 96) -> list[np.ndarray]:
+    """Faces for display, as the reader decodes them (face box applied), size x size, grayscale (H x W)
+    or RGB (H x W x 3) as stored."""
+    from .images import open_image, to_array
+
+    rows = ds.frame.set_index("location")
+    faces = []
+    for location in locations:
+        row = rows.loc[location].to_dict()
+        row["location"] = location
+        im = open_image(ds, row)
+        arr = to_array(im, size, 1 if im.mode in ("L", "I", "I;16") else 3)
+        faces.append(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0))
+    return faces
+
+
+def run_results(run_dir, split: str = "val") -> dict:
+    """A finished run's saved predictions on `split`, re-scored: frame, classes, cm (confusion), table
+    (per_class_table), for comparing runs (figures.compare_confusions, figures.compare_f1)."""
+    run_dir = Path(run_dir)
+    frame = load_predictions(run_dir, split)
+    prov = run_dir / "provenance.json"
+    if prov.is_file():
+        classes = json.loads(prov.read_text())["classes"]
+    else:
+        classes = [c[len("prob_"):] for c in frame.columns if c.startswith("prob_")]
+    return dict(frame=frame, classes=classes, cm=confusion(frame["true"], frame["predicted"], classes),
+                table=per_class_table(frame["true"], frame["predicted"], classes))
+
+
+def evaluation_splits(ds: Dataset) -> list[str]:
+    """Validation, and test when the dataset has one."""
+    return [s for s in ("val", "test") if s in ds.splits]

@@ -1,0 +1,191 @@
+"""Model factory: the original study's plain CNN, its regularised twin, a small
+ResNet sized for 48-224 px faces, and torchvision's ResNet-18.
+
+Every model takes `in_channels` (1 = grayscale, 3 = RGB) and carries a plain
+`config` dict (name, num_classes, in_channels, image_size, width, dropout,
+dropblock) that checkpoints store, so a checkpoint can be checked against, or
+rebuilt into, the model it belongs to.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.ops import DropBlock2d
+
+MODELS = ("baseline_cnn", "regularized_cnn", "resnet", "resnet18")
+
+
+# -- plain CNN (baseline and regularised) ------------------------------------
+
+def _cnn_stages(image_size: int) -> int:
+    """Halve the image until it is at most 8 px (3 stages at 48 px, 4 at 96, 5 at 224)."""
+    stages, side = 0, image_size
+    while side > 8 and stages < 5:
+        side //= 2
+        stages += 1
+    return max(stages, 3)
+
+
+def _plain_cnn(num_classes, in_channels, image_size, width, regularized, dropout=0.0, dropblock=0.0):
+    """Stages of two 3x3 convs + 2x2 max-pool (widths w, 2w, 4w, 8w, 8w), flatten, one hidden FC."""
+    stages = _cnn_stages(image_size)
+    layers, c_in, side = [], in_channels, image_size
+    for i in range(stages):
+        c_out = width * 2 ** min(i, 3)
+        for j in range(2):
+            layers.append(nn.Conv2d(c_in if j == 0 else c_out, c_out, 3, padding=1, bias=not regularized))
+            if regularized:
+                layers.append(nn.BatchNorm2d(c_out))
+            layers.append(nn.ReLU(inplace=True))
+        layers.append(nn.MaxPool2d(2))
+        # DropBlock only in the last two stages: early maps are too large and too generic to benefit.
+        if regularized and dropblock > 0 and i >= stages - 2:
+            layers.append(DropBlock2d(dropblock, block_size=3))
+        c_in, side = c_out, side // 2
+    hidden = 16 * width
+    head = [nn.Flatten()]
+    if regularized:
+        head += [nn.Dropout(dropout), nn.Linear(c_in * side * side, hidden, bias=False),
+                 nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+    else:
+        head += [nn.Linear(c_in * side * side, hidden), nn.ReLU(inplace=True)]
+    head.append(nn.Linear(hidden, num_classes))
+    model = nn.Sequential(nn.Sequential(*layers), nn.Sequential(*head))
+    # He init: without batch norm, PyTorch's default init shrinks the signal at every ReLU layer,
+    # and the plain CNN then sits on the class prior for many steps before it learns anything.
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return model
+
+
+# -- small ResNet -------------------------------------------------------------
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with batch norm and an identity (or 1x1 projection) shortcut."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """4 stages of 2 basic blocks (widths w, 2w, 4w, 8w), global average pool, dropout, linear.
+
+    Faces of <= 64 px get a stride-1 3x3 stem (a stride-2 stem + max-pool would
+    discard most of a 48 px face before the first block); larger images get the
+    usual stride-2 7x7 conv + max-pool. At 48 and 96 px the stages then run on the
+    same 24-12-6-3 px maps, so the cost per image barely grows with the input.
+    """
+
+    def __init__(self, num_classes, in_channels=1, image_size=48, width=16, dropout=0.0):
+        super().__init__()
+        if image_size <= 64:
+            self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False),
+                                      nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        else:
+            self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 7, 2, 3, bias=False),
+                                      nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
+        # Small faces: stride-1 stem, then every stage halves (48 px -> 24, 12, 6, 3).
+        # Large faces: the stem already divides by 4, so stage 1 keeps it (224 px -> 56, 28, 14, 7).
+        strides = (2, 2, 2, 2) if image_size <= 64 else (1, 2, 2, 2)
+        stages, c_in = [], width
+        for i, stride in enumerate(strides):
+            c_out = width * 2 ** i
+            stages.append(nn.Sequential(BasicBlock(c_in, c_out, stride), BasicBlock(c_out, c_out, 1)))
+            c_in = c_out
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(c_in, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        for m in self.modules():  # zero-init the last BN of each block: blocks start as identities
+            if isinstance(m, BasicBlock):
+                nn.init.zeros_(m.bn2.weight)
+
+    def forward(self, x):
+        x = self.pool(self.stages(self.stem(x))).flatten(1)
+        return self.fc(self.dropout(x))
+
+
+# -- torchvision ResNet-18 ----------------------------------------------------
+
+def resnet18_weights_path() -> Path:
+    """Where torchvision would cache ResNet-18's ImageNet weights (torch hub dir/checkpoints)."""
+    from torchvision.models import ResNet18_Weights
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(ResNet18_Weights.IMAGENET1K_V1.url).name
+
+
+def _resnet18(num_classes, in_channels, dropout, pretrained, require_weights):
+    from torchvision.models import resnet18
+    model = resnet18(weights=None)
+    state = None
+    if pretrained:
+        path = resnet18_weights_path()
+        if path.is_file():
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        else:  # never download: the project must run offline
+            message = f"ImageNet weights for resnet18 are not cached at {path}"
+            if require_weights:
+                raise FileNotFoundError(message + "; copy resnet18-f37072fd.pth there or set pretrained=False")
+            warnings.warn(message + "; training from scratch", stacklevel=3)
+    if state is not None:
+        model.load_state_dict(state)
+    if in_channels != 3:
+        conv = model.conv1
+        model.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+        if state is not None:  # grayscale: the mean RGB filter responds to luminance as the original did
+            with torch.no_grad():
+                model.conv1.weight.copy_(conv.weight.mean(1, keepdim=True).expand(-1, in_channels, -1, -1))
+    model.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(model.fc.in_features, num_classes))
+    return model
+
+
+def create_model(name: str, num_classes: int, in_channels: int = 1, image_size: int = 48, width: int = 32,
+                 dropout: float = 0.0, dropblock: float = 0.0, pretrained: bool = False,
+                 require_weights: bool = False) -> nn.Module:
+    """Build a model by name (one of MODELS).
+
+    `pretrained` only applies to resnet18 and never downloads: weights are used if
+    cached locally (see `resnet18_weights_path`); otherwise a warning says so and the
+    model trains from scratch, or, with `require_weights=True`, FileNotFoundError.
+    The plain CNNs' dense head is sized for `image_size`, so they need inputs of that size.
+    """
+    if pretrained and name != "resnet18":
+        raise ValueError(f"pretrained weights exist only for resnet18, not '{name}'")
+    if name == "baseline_cnn":
+        model = _plain_cnn(num_classes, in_channels, image_size, width, regularized=False)
+    elif name == "regularized_cnn":
+        model = _plain_cnn(num_classes, in_channels, image_size, width, True, dropout, dropblock)
+    elif name == "resnet":
+        model = SmallResNet(num_classes, in_channels, image_size, width, dropout)
+    elif name == "resnet18":
+        model = _resnet18(num_classes, in_channels, dropout, pretrained, require_weights)
+    else:
+        raise ValueError(f"unknown model '{name}'; valid names: {', '.join(MODELS)}")
+    model.config = dict(name=name, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                        width=width, dropout=dropout, dropblock=dropblock)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,243 @@
+"""Emotions of the faces in a photo, from a trained checkpoint.
+
+    python -m fer_utils.predict IMAGE... [--checkpoint C | --run-dir RUN] [--no-detect] [--max-faces N]
+
+prints one JSON line per face:
+    {"file": ..., "face": 1, "box": [x, y, w, h], "detected": true, "label": "happy",
+     "probabilities": {"neutral": 0.02, "happy": 0.91, ...}, "notes": []}
+and, for a file that cannot be read, a line {"file": ..., "error": "..."}; the other files are
+still processed and the exit status is 1 at the end. Which checkpoint was used goes to stderr.
+
+Which model: an explicit checkpoint; else the run's best.pt (`run_dir`) when it exists; else the
+model bundled with the package (BUNDLED_CHECKPOINT). `load_predictor` says which it took.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import faces as faces_mod
+from .faces import ImageError
+
+# The model shipped with the package: a small state_dict checkpoint trained by this project's own
+# pipeline on real FER2013/FER+ faces (see the model card chapter). It may be absent in a checkout.
+BUNDLED_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "fer2013_resnet.pt"
+
+
+class NoCheckpointError(FileNotFoundError):
+    """No checkpoint to predict with: none given, no run checkpoint and no bundled model."""
+
+
+@dataclass
+class Predictor:
+    """A model ready for inference, with what it was trained on."""
+    model: torch.nn.Module
+    checkpoint: dict
+    path: Path
+    source: str            # "given", "run" or "bundled"
+    classes: list[str]
+    image_size: int
+    channels: int
+    device: torch.device
+
+    @property
+    def dataset(self) -> str:
+        """The training data in words: format, and the data folder's name when there was one."""
+        params = self.checkpoint.get("params", {})
+        name = str(params.get("dataset", "unknown data"))
+        return name + (f" data in `{Path(params['data_dir']).name}`" if params.get("data_dir") else "")
+
+    def describe(self) -> str:
+        """One sentence: which checkpoint, and what it is."""
+        where = {"given": "the checkpoint you gave", "run": "this run's checkpoint",
+                 "bundled": "the bundled model"}[self.source]
+        cfg = self.checkpoint["model_config"]
+        text = (f"Using {where}, `{self.path}`: {cfg['name']} (width {cfg['width']}), trained on "
+                f"{self.dataset} ({len(self.classes)} classes: {', '.join(self.classes)}), "
+                f"{self.image_size}x{self.image_size} {'grayscale' if self.channels == 1 else 'RGB'} faces")
+        best = self.best_metrics()
+        if best:
+            text += (f"; validation macro-F1 {best['val_macro_f1']:.3f}, balanced accuracy "
+                     f"{best['val_balanced_accuracy']:.1%} (epoch {best['epoch']})")
+        return text + "."
+
+    def warning(self) -> str | None:
+        """A caution to show with the answers, or None: a model trained on synthetic faces knows
+        nothing about real photos."""
+        if self.checkpoint.get("params", {}).get("dataset") == "synthetic":
+            return ("This model was trained on the project's synthetic cartoon faces, not on photos: its "
+                    "answers for a real photo are not meaningful. Build a run on real data (e.g. "
+                    "params/fer2013.yaml) or use the bundled model.")
+        return None
+
+    def best_metrics(self) -> dict | None:
+        """The validation metrics of the checkpoint's best epoch, from its stored history."""
+        history, best = self.checkpoint.get("history"), self.checkpoint.get("best_epoch")
+        if not history or not best or best not in history.get("epoch", []):
+            return None
+        i = history["epoch"].index(best)
+        return {k: v[i] for k, v in history.items() if k.startswith("val_") or k == "epoch"}
+
+
+def find_checkpoint(checkpoint=None, run_dir=None) -> tuple[Path, str]:
+    """(path, source): `checkpoint` if given; else run_dir/best.pt if it exists; else the bundled one."""
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise NoCheckpointError(f"no checkpoint at {path}")
+        return path, "bundled" if path.resolve() == BUNDLED_CHECKPOINT.resolve() else "given"
+    if run_dir is not None and (Path(run_dir) / "best.pt").is_file():
+        return Path(run_dir) / "best.pt", "run"
+    if BUNDLED_CHECKPOINT.is_file():
+        return BUNDLED_CHECKPOINT, "bundled"
+    looked = ([f"{Path(run_dir) / 'best.pt'}"] if run_dir is not None else []) + [str(BUNDLED_CHECKPOINT)]
+    raise NoCheckpointError("no model to predict with: looked for " + " and ".join(looked)
+                            + ". Train one (make book PARAMS=params/fer2013.yaml) or pass --checkpoint.")
+
+
+def load_predictor(checkpoint=None, run_dir=None, device: str = "cpu") -> Predictor:
+    """Load a checkpoint for inference (see `find_checkpoint` for which). Raises NoCheckpointError,
+    or train.CheckpointError for a file that is not a usable checkpoint."""
+    from .train import load_model
+
+    path, source = find_checkpoint(checkpoint, run_dir)
+    model, ckpt = load_model(path, device)
+    cfg = ckpt["model_config"]
+    return Predictor(model=model, checkpoint=ckpt, path=path, source=source, classes=list(ckpt["classes"]),
+                     image_size=int(cfg["image_size"]), channels=int(cfg["in_channels"]),
+                     device=torch.device(device))
+
+
+@dataclass
+class FacePrediction:
+    box: tuple[int, int, int, int]    # (x, y, w, h) in the upright photo's pixels
+    detected: bool                    # False: the whole image (no face found, or detection off)
+    label: str
+    probabilities: dict[str, float]   # class -> probability, in the model's class order
+    crop: np.ndarray                  # what the model saw: uint8, C x size x size
+
+
+@dataclass
+class ImagePrediction:
+    """The faces of one photo (iterable, largest first) with messages for the user."""
+    image: Image.Image
+    faces: list[FacePrediction]
+    found: int
+    messages: list[str] = field(default_factory=list)
+
+    def __iter__(self):
+        return iter(self.faces)
+
+    def __len__(self):
+        return len(self.faces)
+
+    def __getitem__(self, i):
+        return self.faces[i]
+
+
+@contextmanager
+def _cpu_threads(n: int):
+    """Run with `n` torch CPU threads, then restore. A batch of a few 48-96 px faces is far too small to
+    share between threads: on a busy CPU two threads spin-wait for each other and one image took 30 ms
+    to over 1 s instead of ~7 ms with one thread (benchmarks/predict_latency.py)."""
+    old = torch.get_num_threads()
+    if n == old:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@torch.inference_mode()
+def classify(predictor: Predictor, image: Image.Image, face_list: list) -> list[FacePrediction]:
+    """Class probabilities for faces (faces.Face) of an RGB image, in one batch."""
+    crops, x = faces_mod.model_input(image, face_list, predictor.image_size, predictor.channels)
+    predictor.model.eval()
+    small = predictor.device.type == "cpu" and len(face_list) * predictor.image_size ** 2 <= 16 * 96 * 96
+    with _cpu_threads(1 if small else torch.get_num_threads()):
+        logits = predictor.model(x.to(predictor.device))
+    probs = torch.softmax(logits.float(), dim=1).double().cpu().numpy()
+    out = []
+    for face, crop, p in zip(face_list, crops, probs):
+        p = p / p.sum()
+        out.append(FacePrediction(box=tuple(int(v) for v in face.box), detected=face.detected,
+                                  label=predictor.classes[int(p.argmax())],
+                                  probabilities={c: float(v) for c, v in zip(predictor.classes, p)}, crop=crop))
+    return out
+
+
+def predict_image(source, predictor: Predictor | None = None, detect: bool = True,
+                  max_faces: int = faces_mod.MAX_FACES, name: str | None = None,
+                  max_pixels: int = faces_mod.MAX_PIXELS) -> ImagePrediction:
+    """Read a photo (bytes, path, file object or PIL image), find its faces and classify each.
+
+    Raises faces.ImageError for anything that is not a usable image."""
+    predictor = predictor or load_predictor()
+    if isinstance(source, Image.Image):
+        image = faces_mod.to_rgb(source)
+    else:
+        image = faces_mod.read_image(source, name, max_pixels)
+    found = faces_mod.detect_faces(image, detect, max_faces)
+    return ImagePrediction(image, classify(predictor, image, found.faces), found.found, found.messages)
+
+
+def json_lines(file: str, result: ImagePrediction, digits: int = 6) -> list[str]:
+    """The CLI's output for one photo: one JSON line per face."""
+    lines = []
+    for i, face in enumerate(result.faces, 1):
+        lines.append(json.dumps(dict(file=file, face=i, box=list(face.box), detected=face.detected,
+                                     label=face.label,
+                                     probabilities={c: round(p, digits) for c, p in face.probabilities.items()},
+                                     notes=result.messages)))
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fer_utils.predict", description=__doc__.split("\n\n")[0])
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="photo files (JPEG, PNG, WebP, ...)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--checkpoint", help="a checkpoint (.pt) made by fer_utils.train")
+    group.add_argument("--run-dir", help="use RUN_DIR/best.pt if it exists (else the bundled model)")
+    parser.add_argument("--no-detect", action="store_true",
+                        help="no face detection: each image is already one cropped face")
+    parser.add_argument("--max-faces", type=int, default=faces_mod.MAX_FACES,
+                        help=f"classify at most this many faces per photo, largest first (default {faces_mod.MAX_FACES})")
+    args = parser.parse_args(argv)
+    from .train import CheckpointError
+
+    try:
+        predictor = load_predictor(args.checkpoint, args.run_dir)
+    except (NoCheckpointError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(predictor.describe().replace("`", ""), file=sys.stderr)
+    if predictor.warning():
+        print(f"warning: {predictor.warning()}", file=sys.stderr)
+    failed = 0
+    for file in args.images:
+        try:
+            result = predict_image(file, predictor, detect=not args.no_detect, max_faces=args.max_faces, name=file)
+        except ImageError as err:
+            failed += 1
+            print(json.dumps(dict(file=file, error=str(err))), flush=True)
+            continue
+        for line in json_lines(file, result):
+            print(line, flush=True)
+    if failed:
+        print(f"error: {failed} of {len(args.images)} files could not be read", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

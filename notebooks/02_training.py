@@ -1,0 +1,90 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Training
+#
+# The model named by the `model` parameter is trained on the train split and
+# checked on the validation split after every epoch. The checkpoint with the
+# best validation macro-F1 is kept (`best.pt`) beside the last one (`last.pt`);
+# both are plain state_dicts with the params, class names and data fingerprint.
+# A finished checkpoint for the same parameters and data is reused instead of
+# training again (set `retrain: true` to force it).
+
+# %% tags=["parameters", "remove-cell"]
+params_file = None  # None: params/default.yaml
+run_dir = None  # None: runs/<run_name>
+overrides = {}
+
+# %% tags=["remove-cell"]
+from IPython.display import Markdown, display
+
+from fer_utils import figures, notebook, train
+from fer_utils.datasets import open_dataset
+
+params, run_dir = notebook.start(params_file, run_dir, overrides)
+ds = open_dataset(params)
+result = train.fit(params, ds, run_dir)
+history, best = result["history"], result["best_epoch"]
+row = history.set_index("epoch").loc[best]
+
+# %% tags=["remove-input"]
+how = ("reused from an earlier run with the same parameters and data (no training in this build)"
+       if result["reused"] else f"trained in this build in {result['wall_time_s'] / 60:.1f} minutes")
+val_counts = ds.split("val")["label"].value_counts()
+balanced = val_counts.max() <= 1.1 * val_counts.min() and len(val_counts) == len(ds.classes)
+display(Markdown(
+    f"**{params['model']}** (width {params['width']}) on {len(ds.split('train')):,} training images of "
+    f"{len(ds.classes)} classes at {params['image_size']} px, {len(history)} epochs, "
+    f"{how}; {result['images_per_s']:,.0f} training images/s on {train.select_device(params['device'])}.\n\n"
+    f"Best epoch **{best}** (by validation macro-F1). On the **validation split** "
+    f"({'balanced: accuracy and balanced accuracy coincide' if balanced else 'imbalanced: read balanced accuracy and macro-F1, not accuracy alone'}): "
+    f"accuracy {row['val_accuracy']:.1%}, balanced accuracy {row['val_balanced_accuracy']:.1%}, "
+    f"macro-F1 {row['val_macro_f1']:.3f}."
+))
+
+# %% [markdown]
+# ## Learning curves
+#
+# Loss (left) and scores (right) per epoch. Train accuracy is measured on the
+# augmented batches as they were trained, so it can sit below validation
+# accuracy when augmentation is strong. The dashed line marks the best epoch.
+
+# %% tags=["remove-input"]
+figures.training_curves(history, best).show()
+
+# %% [markdown]
+# ## Train-validation gap
+#
+# The original study's baseline reached 75% on train and 70% on validation and
+# kept climbing on train only: the signature of overfitting. The gap per epoch:
+
+# %% tags=["remove-input"]
+figures.train_val_gap(history).show()
+last = history.iloc[-1]
+display(Markdown(
+    f"After the last epoch the model scores {last['train_accuracy']:.1%} on train (augmented) and "
+    f"{last['val_accuracy']:.1%} on validation, a gap of {100 * (last['train_accuracy'] - last['val_accuracy']):+.1f} "
+    f"percentage points."
+))
+
+# %% [markdown]
+# ## Speed
+#
+# Training throughput per epoch (images per second, augmentation included) and
+# the wall time of each epoch, validation included.
+
+# %% tags=["remove-input"]
+display(history[["epoch", "train_images_per_s", "epoch_time_s", "lr"]].style.format(
+    dict(train_images_per_s="{:,.0f}", epoch_time_s="{:.1f}", lr="{:.2e}")).hide(axis="index"))
+display(Markdown(f"All epochs together: {history['epoch_time_s'].sum() / 60:.1f} minutes. The per-epoch history "
+                 f"is saved as `history.csv` in the run folder."))

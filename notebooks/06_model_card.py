@@ -1,0 +1,164 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Model card: the bundled model
+#
+# The package ships one small trained model, used by the upload demo and by
+# `python -m fer_utils.predict` when no checkpoint of your own is given. This
+# page describes it from what its checkpoint file records: the model, the
+# parameters and data it was trained with, and its validation scores with the
+# protocol they were measured under. Nothing here is typed in by hand, so the
+# card always matches the file.
+
+# %% tags=["parameters", "remove-cell"]
+params_file = None  # None: params/default.yaml
+run_dir = None  # None: runs/<run_name>
+overrides = {}
+checkpoint = None  # None: the bundled model (fer_utils.predict.BUNDLED_CHECKPOINT)
+
+# %% tags=["remove-cell"]
+import hashlib
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from IPython.display import Markdown, display
+
+from fer_utils import figures, notebook, predict
+from fer_utils.datasets import REPO_ROOT
+from fer_utils.labels import EMOTIONS
+from fer_utils.models import count_parameters
+from fer_utils.params import DEFAULTS
+
+params, run_dir = notebook.start(params_file, run_dir, overrides)
+path = Path(checkpoint) if checkpoint else predict.BUNDLED_CHECKPOINT
+card = predict.load_predictor(path) if path.is_file() else None
+if card is not None:
+    ckpt, cfg = card.checkpoint, card.checkpoint["model_config"]
+    trained = {**DEFAULTS, **ckpt.get("params", {})}
+    history = pd.DataFrame(ckpt["history"]) if ckpt.get("history") else pd.DataFrame()
+    best = card.best_metrics()
+    shown = path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
+
+# %% tags=["remove-input"]
+if card is None:
+    display(Markdown(f"**There is no bundled model in this checkout** (`{path}`), so there is nothing to "
+                     "describe. The demo uses the current run's checkpoint instead."))
+else:
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    rows = [
+        ("file", f"`{shown}` ({path.stat().st_size / 1e6:.1f} MB, sha256 `{digest[:16]}…`)"),
+        ("model", f"{cfg['name']}, width {cfg['width']}, {count_parameters(card.model):,} parameters"
+                  + (f", dropout {cfg['dropout']}" if cfg.get("dropout") else "")),
+        ("input", f"{card.image_size}x{card.image_size} {'grayscale' if card.channels == 1 else 'RGB'} face crop, "
+                  "scaled to [-1, 1]"),
+        ("output", f"{len(card.classes)} classes: {', '.join(card.classes)}"),
+        ("training data", f"{card.dataset}, data fingerprint `{ckpt.get('fingerprint', 'not recorded')}`"),
+        ("training", f"at most {trained['epochs']} epochs"
+                     + (f", early stopping after {trained['early_stopping']} without improvement"
+                        if trained.get("early_stopping") else "")
+                     + f"; kept: epoch {ckpt.get('best_epoch', '?')}, the best validation macro-F1"),
+    ]
+    for key, value in (ckpt.get("provenance") or {}).items():
+        rows.append((str(key).replace("_", " "), f"{value}"))
+    display(Markdown("| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)))
+    changed = {k: v for k, v in ckpt.get("params", {}).items() if DEFAULTS.get(k) != v and k in DEFAULTS}
+    display(Markdown("Training parameters that differ from the project's defaults "
+                     "(`fer_utils/params.py` documents each):\n\n```yaml\n"
+                     + (yaml.safe_dump(changed, sort_keys=False).rstrip() or "{}") + "\n```"))
+
+# %% [markdown]
+# ## Validation scores and how they were measured
+
+# %% tags=["remove-input"]
+if card is not None:
+    # Scores stored with the checkpoint when it was bundled (the evaluation chapter's metrics.json format:
+    # split -> n, accuracy, balanced_accuracy, macro_f1, their bootstrap 95% CIs, majority-guess scores, protocol).
+    metrics = {s: m for s, m in (ckpt.get("metrics") or {}).items() if isinstance(m, dict) and "accuracy" in m}
+
+    def _score(m, key, fmt):
+        ci = m.get(f"{key}_ci")
+        return fmt.format(m[key]) + (f" ({fmt.format(ci[0])} to {fmt.format(ci[1])})" if ci else "")
+
+    if metrics:
+        lines = ["| split | images | accuracy | balanced accuracy | macro-F1 | majority guess: balanced accuracy "
+                 "| protocol |", "|---|---|---|---|---|---|---|"]
+        for split, m in metrics.items():
+            guess = (f"{m['majority_balanced_accuracy']:.1%} ({m.get('majority_class', '')})"
+                     if "majority_balanced_accuracy" in m else "")
+            lines.append(f"| {split} | {m.get('n', '')} | {_score(m, 'accuracy', '{:.1%}')} | "
+                         f"{_score(m, 'balanced_accuracy', '{:.1%}')} | {_score(m, 'macro_f1', '{:.3f}')} | "
+                         f"{guess} | {m.get('protocol', 'not recorded')} |")
+        display(Markdown("\n".join(lines) + ("\n\nIn brackets: bootstrap 95% confidence intervals (images "
+                                             "resampled with replacement)." if any(
+                                                 "accuracy_ci" in m for m in metrics.values()) else "")))
+        for split, m in metrics.items():
+            per_class = m.get("f1_per_class")
+            if isinstance(per_class, list) and len(per_class) == len(card.classes):
+                per_class = dict(zip(card.classes, per_class))
+            if isinstance(per_class, dict) and per_class:
+                f1 = pd.Series(per_class, dtype=float)
+                display(Markdown(f"F1 per class on **{split}**: " + ", ".join(f"{c} {v:.2f}" for c, v in f1.items())
+                                 + f". Weakest: **{f1.idxmin()}** ({f1.min():.2f}); strongest: **{f1.idxmax()}** "
+                                 f"({f1.max():.2f})."))
+    if best:
+        display(Markdown(
+            f"At the kept epoch ({best['epoch']}), on the **validation split** of the training data: accuracy "
+            f"{best['val_accuracy']:.1%}, balanced accuracy (mean recall over classes) "
+            f"{best['val_balanced_accuracy']:.1%}, macro-F1 {best['val_macro_f1']:.3f}.\n\n"
+            "Protocol: one prediction per validation image, the face crop exactly as the dataset provides it, "
+            "no test-time augmentation. The same split chose the kept epoch (the one with the best macro-F1), "
+            "so these numbers are slightly optimistic: they are validation scores, not "
+            "the score on an untouched test set. On an imbalanced split read balanced accuracy and macro-F1, "
+            "not accuracy alone."))
+    elif not metrics:
+        display(Markdown("*The checkpoint records no validation scores.*"))
+
+# %% tags=["remove-input"]
+if card is not None and best and {"train_loss", "val_loss", "train_accuracy", "val_accuracy", "val_balanced_accuracy",
+                                  "val_macro_f1"} <= set(history.columns):
+    figures.training_curves(history, best["epoch"]).show()
+
+# %% [markdown]
+# ## Known limits
+
+# %% tags=["remove-input"]
+if card is not None:
+    size, gray = card.image_size, card.channels == 1
+    missing = [e for e in EMOTIONS if e not in card.classes]
+    limits = [
+        f"It sees a **{size}x{size} {'grayscale' if gray else 'colour'}** crop of one face. Fine detail and "
+        + ("colour (a flushed face, for one) are" if gray else "fine detail is") + " lost at that size, and "
+        "the crop must frame the face as the training crops did: the demo cuts a square around the face "
+        "detector's box, widened to match how the training faces were framed, but a face detected "
+        "off-centre or turned looks unlike the training faces.",
+        f"It can only answer with the {len(card.classes)} emotions it was trained on"
+        + (f"; it has no notion of {', '.join(missing)}" if missing else "") + ", and it always answers: the "
+        "probabilities sum to 100% even for a face unlike any it saw, or for something that is not a face.",
+        "It reads posed or candid *expressions* at one instant; it does not know what a person feels. "
+        "Expressions differ across cultures, ages and individuals, and one face can show a blend.",
+    ]
+    if trained["dataset"] in ("folders", "fer2013_csv", "ferplus"):
+        limits.append(
+            "Its training faces are small web images found by image search for emotion keywords: mostly "
+            "frontal, often posed or exaggerated, unevenly spread over age, skin tone, gender and culture, "
+            "with some mislabelled and some non-face images. Expect it to do worse on the groups and "
+            "situations those images under-represent (children, older people, darker skin in poor light, "
+            "glasses, masks, profile views) and on subtle, natural expressions. No per-group evaluation "
+            "was possible: the data carry no demographic labels.")
+    if trained["dataset"] == "synthetic":
+        limits.append("It was trained on the project's synthetic cartoon faces: its answers for real photos "
+                      "are not meaningful.")
+    limits.append("Do not use it to make decisions about people (hiring, grading, policing, health): "
+                  "it is a teaching and demonstration model.")
+    display(Markdown("\n".join(f"- {text}" for text in limits)))

@@ -1,0 +1,202 @@
+"""Evaluation, calibration and saliency: the numbers equal scikit-learn's, edge cases stay defined."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import (accuracy_score, balanced_accuracy_score, f1_score, log_loss,
+                             precision_recall_fscore_support)
+
+from fer_utils import calibration, evaluate, saliency, train
+from fer_utils.datasets import read_folders
+from fer_utils.labels import EMOTIONS
+from fer_utils.models import create_model
+
+CLASSES = list(EMOTIONS)
+
+
+def fake_predictions(n=240, k=8, seed=0, skill=2.0, absent=()):
+    """Labels with AffectNet-like imbalance and probabilities that are right more often than chance."""
+    rng = np.random.default_rng(seed)
+    shares = np.array([0.26, 0.47, 0.09, 0.05, 0.03, 0.02, 0.06, 0.02])[:k]
+    shares[list(absent)] = 0
+    y = rng.choice(k, n, p=shares / shares.sum())
+    logits = rng.normal(size=(n, k))
+    logits[np.arange(n), y] += skill
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return y, probs
+
+
+def test_tables_equal_sklearn_on_the_saved_csv(tmp_path):
+    y, probs = fake_predictions()
+    frame = evaluate.predictions_frame([f"img/{i}.jpg" for i in range(len(y))], y, probs, CLASSES)
+    assert list(frame.columns[:4]) == ["location", "true", "predicted", "confidence"]
+    assert [c for c in frame.columns if c.startswith("prob_")] == [f"prob_{c}" for c in CLASSES]
+    path = evaluate.save_predictions(frame, tmp_path, "val")
+    assert path.name == "predictions_val.csv"
+
+    csv = pd.read_csv(path)  # what a reader of the run folder sees, nothing else
+    t, p = csv["true"], csv["predicted"]
+    s = evaluate.split_summary(t, p, CLASSES, "happy", n_boot=50, seed=1, split="val")
+    assert s["accuracy"] == pytest.approx(accuracy_score(t, p))
+    assert s["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(t, p))
+    assert s["macro_f1"] == pytest.approx(f1_score(t, p, average="macro"))
+    assert s["weighted_f1"] == pytest.approx(f1_score(t, p, average="weighted"))
+    guess = np.full(len(t), "happy", dtype=object)
+    assert s["majority_accuracy"] == pytest.approx(accuracy_score(t, guess))
+    assert s["majority_balanced_accuracy"] == pytest.approx(balanced_accuracy_score(t, guess))
+    assert s["n"] == len(csv) and s["balanced"] is False and "imbalanced" in s["protocol"]
+    # the stored probabilities give back the stored predictions
+    probs_csv = evaluate.prob_columns(csv, CLASSES)
+    assert (np.asarray(CLASSES)[probs_csv.argmax(1)] == p).all()
+    assert np.allclose(probs_csv.max(1), csv["confidence"])
+
+    table = evaluate.per_class_table(t, p, CLASSES)
+    present = sorted(set(t) | set(p), key=CLASSES.index)
+    prec, rec, f1, sup = precision_recall_fscore_support(t, p, labels=present, zero_division=0)
+    rows = table.set_index("emotion").loc[present]
+    assert np.allclose(rows["recall"], rec) and np.allclose(rows["f1"], f1)
+    defined = rows["predicted"] > 0
+    assert np.allclose(rows["precision"][defined], prec[defined.to_numpy()])
+    assert (rows["support"].to_numpy() == sup).all()
+    assert table["f1"].mean() == pytest.approx(s["macro_f1"])  # mean over defined F1s = macro-F1
+    summary = evaluate.summary_table([s])
+    assert list(summary["predictor"]) == ["model", "always 'happy'"]
+
+
+def test_bootstrap_ci_contains_the_point_estimate():
+    y, probs = fake_predictions(n=300, seed=3)
+    s = evaluate.split_summary(y, probs.argmax(1), CLASSES, 1, n_boot=200, seed=0)
+    for key in ("accuracy", "balanced_accuracy", "macro_f1"):
+        low, high = s[f"{key}_ci"]
+        assert low <= s[key] <= high and high - low > 0
+
+
+def test_a_class_absent_from_the_split_is_stated_not_nan():
+    y, probs = fake_predictions(absent=(7,), seed=2)  # no contempt in the split
+    pred = probs.argmax(1)
+    pred[:3] = 7  # ...but the model answers contempt a few times
+    s = evaluate.split_summary(y, pred, CLASSES, "happy", n_boot=30, split="val")
+    assert s["absent_classes"] == ["contempt"] and s["balanced"] is False
+    assert "no images of contempt" in s["protocol"]
+    numbers = [v for v in s.values() if isinstance(v, float)] + [x for k in s if k.endswith("_ci") for x in s[k]]
+    assert all(math.isfinite(v) for v in numbers)
+    table = evaluate.per_class_table(y, pred, CLASSES).set_index("emotion")
+    assert "no images in this split" in table.loc["contempt", "note"]
+    assert table.loc["contempt", "f1"] == 0  # predicted but never true: all those answers are wrong
+    assert np.isfinite(table.drop(index="contempt")["recall"]).all()
+
+
+def test_balanced_split_says_accuracy_equals_balanced_accuracy():
+    y = np.repeat(np.arange(8), 10)
+    s = evaluate.split_summary(y, np.roll(y, 3), CLASSES, "happy", n_boot=20)
+    assert s["balanced"] and s["accuracy"] == pytest.approx(s["balanced_accuracy"])
+    assert s["majority_accuracy"] == pytest.approx(1 / 8) and "balanced split" in s["protocol"]
+
+
+def test_ece_and_temperature_scaling():
+    rng = np.random.default_rng(0)
+    n, k = 20000, 4
+    conf = rng.uniform(0.3, 1.0, n)
+    pred = rng.integers(0, k, n)
+    correct = rng.random(n) < conf  # right exactly as often as claimed
+    y = np.where(correct, pred, (pred + rng.integers(1, k, n)) % k)
+    probs = np.full((n, k), 0.0)
+    probs[:] = ((1 - conf) / (k - 1))[:, None]
+    probs[np.arange(n), pred] = conf
+    assert calibration.ece(probs, y) < 0.02
+
+    sharp = calibration.apply_temperature(probs, 0.4)  # same answers, overconfident
+    assert (sharp.argmax(1) == pred).all()
+    assert calibration.ece(sharp, y) > 0.1
+    t = calibration.fit_temperature(sharp, y)
+    assert 2.0 < t < 3.0  # undoes the 0.4 sharpening
+    fixed = calibration.apply_temperature(sharp, t)
+    assert calibration.nll(fixed, y) < calibration.nll(sharp, y)
+    assert calibration.nll(sharp, y) == pytest.approx(log_loss(y, sharp))
+    result = calibration.cross_fit_temperature(sharp, y)
+    assert result["ece_after"] < result["ece_before"] and result["nll_after"] < result["nll_before"]
+    table = calibration.reliability(sharp, y)
+    assert len(table) == calibration.N_BINS and table["count"].sum() == n
+    buckets = calibration.accuracy_by_confidence(sharp, y)
+    assert buckets["count"].sum() == n and buckets["accuracy"].between(0, 1).all()
+
+
+@pytest.mark.parametrize("name", ["baseline_cnn", "resnet"])
+def test_grad_cam_and_occlusion_maps_have_the_input_size(name):
+    torch.manual_seed(0)
+    model = create_model(name, 4, 1, 32, width=8).eval()
+    x = np.random.default_rng(0).integers(0, 256, (3, 1, 32, 32), dtype=np.uint8)
+    cam = saliency.grad_cam(model, x, targets=[0, 1, 2])
+    assert cam.shape == (3, 32, 32) and np.isfinite(cam).all() and cam.min() >= 0 and cam.max() <= 1
+    assert isinstance(saliency.last_conv(model), torch.nn.Conv2d)
+    assert all(m.inplace for m in model.modules() if isinstance(m, torch.nn.ReLU))  # restored
+    occ = saliency.occlusion(model, x[:2], patch=8, stride=8)
+    assert occ.shape == (2, 32, 32) and np.isfinite(occ).all()
+
+
+def test_predict_normalises_as_training_does():
+    torch.manual_seed(0)
+    model = create_model("baseline_cnn", 3, 1, 32, width=8).eval()
+    x = np.random.default_rng(1).integers(0, 256, (10, 1, 32, 32), dtype=np.uint8)
+    y = np.arange(10) % 3
+    probs = evaluate.predict(model, x, batch_size=4, device="cpu")
+    assert probs.shape == (10, 3) and np.allclose(probs.sum(1), 1)
+    reference = train.evaluate(model, torch.from_numpy(x), torch.from_numpy(y), 3, torch.device("cpu"))
+    assert (probs.argmax(1) == reference["y_pred"]).all()
+
+
+def _checkpoint(path, classes, model):
+    train.save_checkpoint(dict(format=train.CHECKPOINT_FORMAT, model_config=model.config,
+                               model=model.state_dict(), classes=list(classes), fingerprint="x"), path)
+
+
+def test_checkpoint_with_other_classes_is_a_clear_error(folders_dataset, tmp_path):
+    ds = read_folders(folders_dataset)
+    model = create_model("baseline_cnn", len(ds.classes), 1, 32, width=8)
+    run = tmp_path / "run"
+    run.mkdir()
+    _checkpoint(run / "best.pt", ds.classes, model)
+    loaded, ckpt = evaluate.load_for_evaluation(dict(checkpoint="best"), run, ds)
+    assert ckpt["path"] == run / "best.pt" and not loaded.training
+
+    other = ["neutral", "happy", "sad", "surprise"]
+    _checkpoint(run / "last.pt", other, model)
+    with pytest.raises(train.CheckpointError) as err:
+        evaluate.load_for_evaluation(dict(checkpoint="last"), run, ds)
+    assert str(other) in str(err.value) and str(list(ds.classes)) in str(err.value)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        evaluate.load_for_evaluation(dict(checkpoint=str(tmp_path / "nope.pt")), run, ds)
+
+
+def test_figures_build_with_class_names(tmp_path):
+    from fer_utils import figures
+
+    y, probs = fake_predictions(n=120, seed=4)
+    frame = evaluate.predictions_frame([f"{i}" for i in range(len(y))], y, probs, CLASSES)
+    cm = evaluate.confusion(frame["true"], frame["predicted"], CLASSES)
+    table = evaluate.per_class_table(frame["true"], frame["predicted"], CLASSES)
+    s = evaluate.split_summary(y, probs.argmax(1), CLASSES, "happy", n_boot=20, split="val")
+    faces = [np.full((48, 48), 10 * i, np.uint8) for i in range(5)]
+    maps = np.random.default_rng(0).random((5, 48, 48))
+    figs = [
+        figures.confusion_matrices(cm), figures.confusion_bars(cm), figures.per_class_bars(table),
+        figures.protocol_bars(evaluate.summary_table([s])),
+        figures.reliability_diagram({"before": calibration.reliability(probs, y)}),
+        figures.confidence_buckets(calibration.accuracy_by_confidence(probs, y)),
+        figures.face_gallery(faces, ["a<br>b"] * 5, "gallery"),
+        figures.saliency_gallery(faces, maps, ["a<br>b"] * 5, ["Grad-CAM"] * 5),
+        figures.errors_valence_arousal(frame.assign(valence=0.1, arousal=-0.2), CLASSES),
+        figures.compare_confusions({"a": cm, "b": cm}), figures.compare_f1({"a": table, "b": table}),
+    ]
+    heat = figures.confusion_matrices(cm).data[0]
+    assert list(heat.x) == CLASSES and list(heat.y) == CLASSES
+    for fig in figs:
+        assert fig.to_plotly_json()["data"]
+    overlay = figures.heat_overlay(faces[0], maps[0])
+    assert overlay.shape == (48, 48, 3) and overlay.dtype == np.uint8
+    with pytest.raises(ValueError, match="no faces"):
+        figures.face_gallery([], [], "empty")

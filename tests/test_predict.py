@@ -1,0 +1,206 @@
+"""Predictions for uploaded photos (fer_utils.predict): which checkpoint, the API and the CLI's JSON lines."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fer_utils import faces, predict
+from fer_utils.train import CheckpointError
+from photos import FACE, FER2013_CLASSES, astronaut, encode, face_tiles, iou, noise, png_header, tiny_checkpoint
+
+REPO = Path(__file__).resolve().parent.parent
+needs_bundled = pytest.mark.skipif(
+    not predict.BUNDLED_CHECKPOINT.is_file(),
+    reason=f"the bundled model {predict.BUNDLED_CHECKPOINT.relative_to(REPO)} is not in this checkout")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny):
+    return predict.load_predictor(tiny)
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("photos")
+    astronaut().save(d / "astronaut.png")
+    face_tiles(12).save(d / "crowd.jpg", quality=92)
+    noise().save(d / "noise.png")
+    (d / "notes.txt").write_text("not a photo\n")
+    (d / "empty.jpg").write_bytes(b"")
+    (d / "cut.jpg").write_bytes(encode(astronaut(), "JPEG")[:3000])
+    (d / "bomb.png").write_bytes(png_header(30000, 30000))
+    return d
+
+
+# -- which checkpoint ---------------------------------------------------------------
+
+def test_given_checkpoint_is_used(tiny, predictor):
+    assert predictor.source == "given" and predictor.path == tiny
+    assert predictor.classes == FER2013_CLASSES and (predictor.image_size, predictor.channels) == (48, 1)
+    text = predictor.describe()
+    assert "checkpoint you gave" in text and str(tiny) in text and "macro-F1 0.100" in text
+    assert predictor.warning() is None
+
+
+def test_run_checkpoint_wins_over_the_bundled_one(tmp_path, tiny, monkeypatch):
+    monkeypatch.setattr(predict, "BUNDLED_CHECKPOINT", tiny)
+    run = tmp_path / "runs" / "x"
+    run.mkdir(parents=True)
+    assert predict.load_predictor(run_dir=run).source == "bundled"  # no best.pt in the run yet
+    tiny_checkpoint(run / "best.pt", seed=1)
+    p = predict.load_predictor(run_dir=run)
+    assert p.source == "run" and p.path == run / "best.pt" and "this run's checkpoint" in p.describe()
+
+
+def test_no_checkpoint_anywhere_says_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.setattr(predict, "BUNDLED_CHECKPOINT", tmp_path / "weights" / "none.pt")
+    with pytest.raises(predict.NoCheckpointError, match="none.pt"):
+        predict.load_predictor(run_dir=tmp_path)
+    with pytest.raises(predict.NoCheckpointError, match="no checkpoint at"):
+        predict.load_predictor(tmp_path / "missing.pt")
+
+
+def test_not_a_checkpoint_is_refused(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError):
+        predict.load_predictor(bad)
+
+
+def test_a_synthetic_model_warns_about_real_photos(tmp_path):
+    p = predict.load_predictor(tiny_checkpoint(tmp_path / "synth.pt", dataset="synthetic"))
+    assert "synthetic" in p.warning()
+
+
+# -- predict_image --------------------------------------------------------------------
+
+def test_predict_image_gives_box_label_probabilities(predictor):
+    result = predict.predict_image(encode(astronaut()), predictor, name="astronaut.png")
+    assert len(result) == 1 and result.found == 1 and result.messages == []
+    face = result[0]
+    assert face.detected and iou(face.box, FACE) > 0.7
+    assert list(face.probabilities) == FER2013_CLASSES
+    assert sum(face.probabilities.values()) == pytest.approx(1, abs=1e-9)
+    assert face.label == max(face.probabilities, key=face.probabilities.get)
+    assert face.crop.shape == (1, 48, 48)
+
+
+@pytest.mark.parametrize("model, channels, size", [("resnet", 3, 64), ("baseline_cnn", 1, 48),
+                                                   ("regularized_cnn", 3, 48)])
+def test_any_architecture_channels_and_size(tmp_path, model, channels, size):
+    p = predict.load_predictor(tiny_checkpoint(tmp_path / "m.pt", model=model, channels=channels, image_size=size))
+    assert (p.channels, p.image_size) == (channels, size)
+    face, = predict.predict_image(astronaut(), p)
+    assert face.crop.shape == (channels, size, size)
+    assert sum(face.probabilities.values()) == pytest.approx(1)
+
+
+def test_predict_image_accepts_paths_and_pil_images(predictor, photo_dir):
+    a = predict.predict_image(photo_dir / "astronaut.png", predictor)
+    b = predict.predict_image(astronaut(), predictor)
+    assert a[0].box == b[0].box and a[0].probabilities == pytest.approx(b[0].probabilities)
+
+
+def test_predict_image_without_detection_and_with_many_faces(predictor):
+    whole = predict.predict_image(astronaut(), predictor, detect=False)
+    assert len(whole) == 1 and not whole[0].detected and whole[0].box == (0, 0, 512, 512)
+    crowd = predict.predict_image(face_tiles(12), predictor)
+    assert len(crowd) == 10 and crowd.found == 12 and "only the 10 largest" in crowd.messages[0]
+
+
+def test_predict_image_bad_upload_raises_image_error(predictor):
+    with pytest.raises(faces.ImageError, match="not an image"):
+        predict.predict_image(b"GIF89a but not really", predictor, name="fake.gif")
+
+
+# -- the CLI ------------------------------------------------------------------------
+
+def _cli(*args):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "fer_utils.predict", *map(str, args)], capture_output=True,
+                          text=True, env=env, cwd=REPO, timeout=300)
+
+
+def _check_face_line(line: dict, file: str) -> None:
+    assert set(line) == {"file", "face", "box", "detected", "label", "probabilities", "notes"}, line
+    assert line["file"] == file
+    assert isinstance(line["face"], int) and line["face"] >= 1
+    assert len(line["box"]) == 4 and all(isinstance(v, int) for v in line["box"])
+    assert line["box"][2] > 0 and line["box"][3] > 0
+    assert list(line["probabilities"]) == FER2013_CLASSES
+    assert all(0 <= p <= 1 for p in line["probabilities"].values())
+    assert sum(line["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+    assert line["label"] == max(line["probabilities"], key=line["probabilities"].get)
+    assert isinstance(line["notes"], list)
+
+
+def test_cli_one_json_line_per_face_and_error_lines(tiny, photo_dir):
+    names = ["astronaut.png", "notes.txt", "crowd.jpg", "empty.jpg", "noise.png", "cut.jpg", "bomb.png",
+             "missing.png"]
+    proc = _cli(*[photo_dir / n for n in names], "--checkpoint", tiny)
+    assert proc.returncode == 1, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    by_file = {}
+    for line in lines:
+        by_file.setdefault(Path(line["file"]).name, []).append(line)
+    assert list(by_file) == names  # every file answered, in order, none stopped the others
+    for name in ("notes.txt", "empty.jpg", "cut.jpg", "bomb.png", "missing.png"):
+        assert len(by_file[name]) == 1 and set(by_file[name][0]) == {"file", "error"}, by_file[name]
+    assert "not an image" in by_file["notes.txt"][0]["error"]
+    assert "empty" in by_file["empty.jpg"][0]["error"]
+    assert "truncated" in by_file["cut.jpg"][0]["error"]
+    assert "too large" in by_file["bomb.png"][0]["error"]
+    assert "no such file" in by_file["missing.png"][0]["error"]
+    for name in ("astronaut.png", "crowd.jpg", "noise.png"):
+        for i, line in enumerate(by_file[name], 1):
+            _check_face_line(line, str(photo_dir / name))
+            assert line["face"] == i
+    assert len(by_file["astronaut.png"]) == 1 and iou(by_file["astronaut.png"][0]["box"], FACE) > 0.7
+    assert len(by_file["crowd.jpg"]) == 10 and "12 faces were found" in by_file["crowd.jpg"][0]["notes"][0]
+    noise_line, = by_file["noise.png"]
+    assert noise_line["detected"] is False and noise_line["box"] == [0, 0, 400, 300]
+    assert "No face was found" in noise_line["notes"][0]
+    assert "checkpoint you gave" in proc.stderr and "5 of 8 files could not be read" in proc.stderr
+
+
+def test_cli_no_detect_and_exit_codes(tiny, photo_dir, tmp_path, monkeypatch):
+    proc = _cli(photo_dir / "astronaut.png", photo_dir / "crowd.jpg", "--checkpoint", tiny, "--no-detect")
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(lines) == 2 and not any(line["detected"] for line in lines)
+    assert lines[0]["box"] == [0, 0, 512, 512]
+    missing = _cli(photo_dir / "astronaut.png", "--checkpoint", tmp_path / "none.pt")
+    assert missing.returncode == 2 and "no checkpoint at" in missing.stderr and missing.stdout == ""
+
+
+# -- the bundled model ----------------------------------------------------------------
+
+@needs_bundled
+def test_bundled_model_loads_and_predicts():
+    p = predict.load_predictor()
+    assert p.source == "bundled" and p.warning() is None
+    assert p.checkpoint["params"]["dataset"] != "synthetic"
+    result = predict.predict_image(astronaut(), p)
+    assert len(result) == 1 and sum(result[0].probabilities.values()) == pytest.approx(1)
+
+
+@needs_bundled
+def test_bundled_model_sees_the_smiling_astronaut_as_happy():
+    result = predict.predict_image(astronaut(), predict.load_predictor())
+    assert result[0].label == "happy", result[0].probabilities
+
+
+@needs_bundled
+def test_bundled_model_is_in_the_package_data():
+    text = (REPO / "pyproject.toml").read_text()
+    assert "weights/*.pt" in text

@@ -1,0 +1,200 @@
+"""Tests of the built-in synthetic dataset (fer_utils.synthetic)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fer_utils import synthetic
+from fer_utils.synthetic import AFFECTNET_SHARES, class_counts, generate, render_face
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL = dict(n_train=80, n_val=16, size=40)
+
+
+def _digests(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _split(root: Path, split: str) -> list[str]:
+    return sorted(p.stem for p in (root / split / "images").glob("*.jpg"))
+
+
+def _str(path: Path) -> str:
+    arr = np.load(path, allow_pickle=False)
+    assert arr.shape == () and arr.dtype.kind == "U", path  # AffectNet mini: 0-d str array
+    return str(arr.item())
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> Path:
+    return generate(tmp_path_factory.mktemp("a") / "synth", seed=1, **SMALL)
+
+
+# ----------------------------------------------------------------------------- counts
+
+def test_shares_are_affectnets():
+    assert sorted(AFFECTNET_SHARES) == list(range(8))
+    assert AFFECTNET_SHARES[1] == pytest.approx(0.467) and AFFECTNET_SHARES[0] == pytest.approx(0.26)
+
+
+def test_train_counts_follow_affectnet_shares():
+    n = 100_000
+    counts = class_counts(n, balanced=False)
+    assert sum(counts) == n and len(counts) == 8
+    for c, share in AFFECTNET_SHARES.items():
+        assert abs(counts[c] / n - share) <= 0.01, (c, counts[c])
+    for n in (0, 1, 7, 8, 80, 999, 4000):
+        counts = class_counts(n, balanced=False)
+        assert sum(counts) == n and min(counts) >= 0
+    assert class_counts(4000, False) == [1041, 1870, 357, 196, 88, 52, 344, 52]
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 16, 801])
+def test_val_counts_balanced(n):
+    counts = class_counts(n, balanced=True)
+    assert sum(counts) == n and max(counts) - min(counts) <= 1
+
+
+# ----------------------------------------------------------------------------- rendering
+
+def test_render_face_outputs():
+    for label in range(8):
+        rng = np.random.Generator(np.random.PCG64(label))
+        img, ann = render_face(label, rng, 48)
+        assert img.shape == (48, 48, 3) and img.dtype == np.uint8
+        assert img.std() > 5  # something was drawn
+        assert ann["landmarks"].shape == (68, 2)
+        assert -1 <= ann["valence"] <= 1 and -1 <= ann["arousal"] <= 1
+        assert 0 <= ann["intensity"] <= 1
+    with pytest.raises(ValueError):
+        render_face(8, np.random.default_rng(0), 48)
+    with pytest.raises(ValueError):
+        render_face(1, np.random.default_rng(0), 48, intensity=1.5)
+
+
+def test_valence_sign_follows_expression():
+    rng = np.random.Generator(np.random.PCG64(3))
+    for _ in range(20):
+        assert render_face(1, rng, 32, intensity=0.8)[1]["valence"] > 0   # happy
+        assert render_face(2, rng, 32, intensity=0.8)[1]["valence"] < 0   # sad
+        assert render_face(3, rng, 32, intensity=0.8)[1]["arousal"] > 0   # surprise
+
+
+# ----------------------------------------------------------------------------- dataset
+
+def test_layout_counts_and_annotations(small):
+    meta = json.loads((small / "synthetic.json").read_text())
+    assert meta["generator"] == "fer_utils.synthetic"
+    assert (small / "README.md").is_file()
+    for split, n, balanced in (("train_set", 80, False), ("val_set", 16, True)):
+        ids = _split(small, split)
+        assert len(ids) == n and all(len(i) == 6 and i.isdigit() for i in ids)
+        labels = []
+        for i in ids:
+            ann = small / split / "annotations"
+            with Image.open(small / split / "images" / f"{i}.jpg") as im:
+                assert im.format == "JPEG" and im.mode == "RGB" and im.size == (40, 40)
+            exp = _str(ann / f"{i}_exp.npy")
+            assert exp in {str(c) for c in range(8)}
+            labels.append(int(exp))
+            for kind in ("val", "aro"):
+                assert -1.0 <= float(_str(ann / f"{i}_{kind}.npy")) <= 1.0
+            lnd = np.array([float(v) for v in _str(ann / f"{i}_lnd.npy").split(";")])
+            assert lnd.shape == (136,)
+            pts = lnd.reshape(68, 2)
+            assert (pts >= 0).all() and (pts <= 39).all()
+            # iBUG sanity: brows above eyes above nose tip above mouth above chin
+            assert pts[17:27, 1].mean() < pts[36:48, 1].mean() < pts[33, 1] < pts[48:68, 1].mean() < pts[8, 1]
+        counts = np.bincount(labels, minlength=8).tolist()
+        assert counts == class_counts(n, balanced) == meta["counts"][split]
+        assert labels != sorted(labels)  # shuffled: ids do not reveal the class
+
+
+def test_same_seed_same_bytes_other_seed_differs(small, tmp_path):
+    again = generate(tmp_path / "again", seed=1, **SMALL)
+    assert _digests(again) == _digests(small)
+    other = _digests(generate(tmp_path / "other", seed=2, **SMALL))
+    assert other.keys() == _digests(small).keys()
+    images = [k for k in other if k.endswith(".jpg")]
+    assert all(other[k] != _digests(small)[k] for k in images)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left
+
+
+def test_reuse_refuse_and_overwrite(tmp_path):
+    out = generate(tmp_path / "d", seed=0, **SMALL)
+    before = _digests(out)
+    stamp = (out / "synthetic.json").stat().st_mtime_ns
+    assert generate(out, seed=0, **SMALL) == out  # complete with same params: reused
+    assert (out / "synthetic.json").stat().st_mtime_ns == stamp
+    with pytest.raises(FileExistsError, match="other parameters"):
+        generate(out, seed=5, **SMALL)
+    assert _digests(out) == before
+    generate(out, seed=5, overwrite=True, **SMALL)
+    assert json.loads((out / "synthetic.json").read_text())["params"]["seed"] == 5
+    # an incomplete dataset of ours (files lost) is rebuilt
+    next((out / "train_set" / "images").iterdir()).unlink()
+    generate(out, seed=5, **SMALL)
+    assert len(_split(out, "train_set")) == 80
+
+
+def test_rebuilds_ours_from_another_generator_version(tmp_path, monkeypatch):
+    out = generate(tmp_path / "d", n_train=8, n_val=0, size=32)
+    monkeypatch.setattr(synthetic, "GENERATOR_VERSION", synthetic.GENERATOR_VERSION + 1)
+    generate(out, n_train=8, n_val=0, size=32)  # same user params: a stale cache, rebuilt
+    meta = json.loads((out / "synthetic.json").read_text())
+    assert meta["params"]["version"] == synthetic.GENERATOR_VERSION
+
+
+def test_never_touches_a_foreign_folder(tmp_path):
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("keep me")
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match="not a synthetic dataset"):
+            generate(foreign, overwrite=overwrite, **SMALL)
+    assert [p.name for p in foreign.iterdir()] == ["mine.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert len(_split(generate(empty, **SMALL), "val_set")) == 16  # an empty folder is fine
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(n_train=0), dict(n_train=-5), dict(n_train=10.0), dict(n_train="10"), dict(n_train=True),
+    dict(n_val=-1), dict(size=31), dict(size=513), dict(size=64.5), dict(seed=-1), dict(seed=None),
+])
+def test_argument_validation(tmp_path, kwargs):
+    args = dict(SMALL, **kwargs)
+    with pytest.raises(ValueError):
+        generate(tmp_path / "x", **args)
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ValueError):
+        class_counts(-1, balanced=True)
+
+
+def test_zero_val_is_allowed(tmp_path):
+    out = generate(tmp_path / "noval", n_train=8, n_val=0, size=32)
+    assert _split(out, "val_set") == [] and len(_split(out, "train_set")) == 8
+
+
+def test_cli(tmp_path):
+    out = tmp_path / "cli"
+    cmd = [sys.executable, "-m", "fer_utils.synthetic", "--out", str(out), "--n-train", "24",
+           "--n-val", "8", "--size", "32", "--seed", "3"]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert str(out) in res.stdout and "happy" in res.stdout
+    assert len(_split(out, "train_set")) == 24 and len(_split(out, "val_set")) == 8
+    res = subprocess.run(cmd[:-1] + ["4"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0 and "--overwrite" in res.stderr
+    res = subprocess.run(cmd[:-1] + ["4", "--overwrite"], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert json.loads((out / "synthetic.json").read_text())["params"]["seed"] == 4

@@ -1,0 +1,353 @@
+"""Training engine: exact resume, checkpoint reuse and safety, failures with clear messages,
+sampling, augmentation, torchrun. Tiny models (width 8) on a tiny 32 px folders dataset."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from fer_utils import images, metrics, train
+from fer_utils.datasets import REPO_ROOT, open_dataset
+from fer_utils.models import create_model
+from fer_utils.params import resolve
+
+CLASSES = ("anger", "happy", "sad", "neutral")
+TRAIN_COUNTS = (20, 12, 8, 4)  # imbalanced on purpose
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # 2 shared cores: one thread per process avoids OpenMP stalls when other jobs compete,
+    # and keeps CPU results bit-reproducible within the module.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """train/ and val/ class folders of 32 px PNGs; each class is a bright vertical band (learnable)."""
+    root = tmp_path_factory.mktemp("faces")
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for j in range(TRAIN_COUNTS[c] if split == "train" else 6):
+                img = rng.integers(0, 100, (32, 32)).astype(np.uint8)
+                img[:, c * 8:(c + 1) * 8] += 120
+                Image.fromarray(img).save(folder / f"{j}.png")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def decoded_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(images, "CACHE_DIR", tmp_path / "decoded")
+
+
+def make_params(root, **overrides):
+    base = dict(dataset="folders", data_dir=str(root), image_size=32, model="resnet", width=8, epochs=3,
+                batch_size=16, device="cpu")
+    return resolve(None, {**base, **overrides})
+
+
+def fit(params, run_dir):
+    return train.fit(params, open_dataset(params), run_dir)
+
+
+def state_dicts_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy",
+                  "val_macro_f1", "lr"]
+
+
+# -- exact resume, reuse, checkpoint format -----------------------------------
+
+def test_resume_after_interruption_equals_uninterrupted_run(data_root, tmp_path, monkeypatch, capsys):
+    # Every source of randomness on: order (weighted sampler), all augmentations, dropout, DropBlock.
+    params = make_params(data_root, model="regularized_cnn", dropout=0.2, dropblock=0.1, imbalance="weighted_sampler",
+                         aug_flip=True, aug_rotate=10.0, aug_crop=0.8, aug_jitter=0.2, aug_blur=0.5,
+                         aug_erasing=0.5, l1=1e-5, weight_decay=1e-4, label_smoothing=0.1)
+    whole = fit(params, tmp_path / "whole")
+
+    # Interrupt in the middle of epoch 3 (3 steps per epoch: the 8th training batch).
+    real_prepare, calls = train.prepare_batch, [0]
+
+    def interrupted(x, params=None, g=None, **kw):
+        if g is not None:
+            calls[0] += 1
+            if calls[0] == 8:
+                raise KeyboardInterrupt
+        return real_prepare(x, params, g, **kw)
+
+    monkeypatch.setattr(train, "prepare_batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fit(params, tmp_path / "resumed")
+    assert torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["epoch"] == 2
+    monkeypatch.setattr(train, "prepare_batch", real_prepare)
+    resumed = train.fit(params, open_dataset(params), tmp_path / "resumed", resume=True)
+    assert "resuming" in capsys.readouterr().out
+
+    pd.testing.assert_frame_equal(whole["history"][METRIC_COLUMNS], resumed["history"][METRIC_COLUMNS])
+    assert whole["best_metrics"] == resumed["best_metrics"] and whole["best_epoch"] == resumed["best_epoch"]
+    for name in ("last.pt", "best.pt"):
+        a = torch.load(tmp_path / "whole" / name, weights_only=True)
+        b = torch.load(tmp_path / "resumed" / name, weights_only=True)
+        assert state_dicts_equal(a["model"], b["model"]), name
+        assert a["epoch"] == b["epoch"]
+
+    # A third call reuses the finished run without training.
+    again = fit(params, tmp_path / "resumed")
+    assert again["reused"] and "reusing the finished run" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(again["history"], resumed["history"])
+
+
+def test_checkpoint_is_plain_data_and_outputs_are_written(data_root, tmp_path):
+    params = make_params(data_root, epochs=2, aug_flip=True)
+    result = fit(params, tmp_path / "run")
+    ckpt = torch.load(result["last_checkpoint"], weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["finished"] and ckpt["classes"] == ["neutral", "happy", "sad", "anger"]
+    assert ckpt["model_config"]["name"] == "resnet" and ckpt["params"] == params
+    assert isinstance(ckpt["rng"]["torch"], torch.Tensor) and isinstance(ckpt["rng"]["numpy"][1], list)
+    assert len(ckpt["history"]["val_macro_f1"]) == 2
+    torch.load(result["best_checkpoint"], weights_only=True)
+    history = pd.read_csv(tmp_path / "run" / "history.csv")
+    assert list(history.columns) == list(train.HISTORY_COLUMNS) and len(history) == 2
+    assert resolve(tmp_path / "run" / "params.yaml")["aug_flip"] is True
+    assert not list((tmp_path / "run").glob("*.tmp"))
+    model, _ = train.load_model(result["best_checkpoint"])
+    assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 4)
+    assert result["images_per_s"] > 0 and 0 <= result["best_metrics"]["val_macro_f1"] <= 1
+
+
+def test_reuse_ignores_non_training_keys_but_not_training_ones(data_root, tmp_path, capsys):
+    params = make_params(data_root, epochs=1)
+    fit(params, tmp_path / "run")
+    assert fit({**params, "bootstrap": 5, "run_name": "other"}, tmp_path / "run")["reused"]
+    changed = fit({**params, "lr": 1e-3}, tmp_path / "run")
+    assert not changed["reused"]
+    assert "lr: 0.002 -> 0.001" in capsys.readouterr().out
+    assert not fit({**params, "lr": 1e-3, "retrain": True}, tmp_path / "run")["reused"]
+
+
+def test_resume_refuses_a_checkpoint_for_other_params(data_root, tmp_path):
+    params = make_params(data_root, epochs=1)
+    with pytest.raises(train.CheckpointError, match="cannot resume: no checkpoint"):
+        train.fit(params, open_dataset(params), tmp_path / "run", resume=True)
+    fit(params, tmp_path / "run")
+    with pytest.raises(train.CheckpointError, match="other params .*width: 8 -> 16"):
+        train.fit({**params, "width": 16}, open_dataset(params), tmp_path / "run", resume=True)
+
+
+def test_num_workers_does_not_change_training(data_root, tmp_path):
+    params = make_params(data_root, epochs=1, dropout=0.2, aug_flip=True, aug_rotate=10.0, aug_erasing=0.5)
+    in_memory = fit(params, tmp_path / "memory")
+    workers = fit({**params, "num_workers": 2}, tmp_path / "workers")  # DataLoader path
+    a = torch.load(in_memory["last_checkpoint"], weights_only=True)["model"]
+    b = torch.load(workers["last_checkpoint"], weights_only=True)["model"]
+    assert state_dicts_equal(a, b)
+
+
+def test_early_stopping_on_val_macro_f1(data_root, tmp_path, capsys):
+    # No BN and lr 0: predictions never change, so macro-F1 never improves after epoch 1.
+    params = make_params(data_root, model="baseline_cnn", lr=0.0, scheduler="none", epochs=5, early_stopping=2)
+    result = fit(params, tmp_path / "run")
+    assert list(result["history"]["epoch"]) == [1, 2, 3] and result["best_epoch"] == 1
+    assert "early stopping" in capsys.readouterr().out
+    assert torch.load(result["last_checkpoint"], weights_only=True)["finished"]
+
+
+# -- bad input ----------------------------------------------------------------
+
+def poisoned_factory(monkeypatch, after: int, error=None):
+    """Make create_model's model return NaN (or raise `error`) from its `after`-th training forward."""
+    real, calls = train.create_model, [0]
+
+    def factory(*args, **kwargs):
+        model = real(*args, **kwargs)
+        forward = model.forward
+
+        def poisoned(x):
+            out = forward(x)
+            if model.training:
+                calls[0] += 1
+                if calls[0] >= after:
+                    if error is not None:
+                        raise error
+                    return out * float("nan")
+            return out
+
+        model.forward = poisoned
+        return model
+
+    monkeypatch.setattr(train, "create_model", factory)
+
+
+def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(data_root, tmp_path, monkeypatch):
+    params = make_params(data_root, lr=0.01)
+    poisoned_factory(monkeypatch, after=5)  # epoch 2, step 2
+    with pytest.raises(train.TrainingError, match=r"non-finite training loss in epoch 2, step 2 .*lower lr"):
+        fit(params, tmp_path / "run")
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 1 and not ckpt["finished"]
+    assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())
+    assert len(pd.read_csv(tmp_path / "run" / "history.csv")) == 1
+
+
+def test_out_of_memory_suggests_a_smaller_batch(data_root, tmp_path, monkeypatch):
+    poisoned_factory(monkeypatch, after=1, error=torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate"))
+    with pytest.raises(train.TrainingError, match="out of memory .*batch_size=16.* -p batch_size=8"):
+        fit(make_params(data_root), tmp_path / "run")
+
+
+def test_forcing_a_missing_gpu_is_an_error(data_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(train.TrainingError, match="device=cuda was requested but no CUDA GPU"):
+        train.select_device("cuda")
+    with pytest.raises(train.TrainingError, match="no CUDA GPU"):
+        fit(make_params(data_root, device="cuda"), tmp_path / "run")
+    with pytest.raises(SystemExit, match="error: device=cuda was requested"):  # the CLI: a message, no traceback
+        train.main(["-p", "device=cuda", "--out", str(tmp_path / "run")])
+    if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        assert train.select_device("auto") == torch.device("cpu")
+
+
+def test_loading_a_checkpoint_for_another_model_or_classes_fails_clearly(data_root, tmp_path):
+    result = fit(make_params(data_root, epochs=1), tmp_path / "run")
+    path, classes = result["last_checkpoint"], ["neutral", "happy", "sad", "anger"]
+    train.load_checkpoint(path, create_model("resnet", 4, 1, 32, 8), classes)  # the right one loads
+    with pytest.raises(train.CheckpointError, match="name expected 'baseline_cnn', found 'resnet'"):
+        train.load_checkpoint(path, create_model("baseline_cnn", 4, 1, 32, 8), classes)
+    with pytest.raises(train.CheckpointError, match="num_classes expected 7, found 4"):
+        train.load_checkpoint(path, create_model("resnet", 7, 1, 32, 8))
+    with pytest.raises(train.CheckpointError, match=r"trained on classes \['neutral'.*expected \['anger'"):
+        train.load_checkpoint(path, classes=["anger", "happy", "sad", "neutral"])
+
+
+# -- class imbalance, sampling, schedules -------------------------------------
+
+def test_weighted_loss_and_sampler_balance_the_classes():
+    y = np.repeat(np.arange(4), [2000, 1000, 700, 300])
+    w = train.class_weights(y, num_classes=5)  # class 4 absent
+    assert w[4] == 0 and np.isclose(w[:4].mean(), 1.0)
+    per_class = np.bincount(y, weights=w[y])  # total loss weight of each class
+    assert np.allclose(per_class, per_class[0])
+
+    params = dict(seed=0, imbalance="weighted_sampler")
+    order = train.epoch_order(y, 4, params, epoch=1)
+    shares = np.bincount(y[order.numpy()], minlength=4) / len(y)
+    assert np.allclose(shares, 0.25, atol=0.03), shares  # vs 0.5 / 0.075 without the sampler
+    assert torch.equal(order, train.epoch_order(y, 4, params, epoch=1))
+    assert not torch.equal(order, train.epoch_order(y, 4, params, epoch=2))
+    plain = train.epoch_order(y, 4, dict(seed=0, imbalance="none"), epoch=1)
+    assert sorted(plain.tolist()) == list(range(len(y)))
+
+
+def test_shards_cover_the_epoch_with_equal_steps():
+    order = torch.randperm(45, generator=torch.Generator().manual_seed(0))
+    shards = [train.shard(order, r, 4) for r in range(4)]
+    assert {len(s) for s in shards} == {12}
+    assert set(torch.cat(shards).tolist()) == set(range(45))
+    assert [len(b) for b in train.batch_indices(torch.arange(33), 16)] == [16, 16]  # a lone image is dropped
+
+
+def test_optimizer_groups_and_schedules():
+    model = create_model("regularized_cnn", 4, 1, 32, 8)
+    params = dict(optimizer="sgd", lr=0.1, weight_decay=5e-4, epochs=4, scheduler="cosine", warmup_epochs=1)
+    opt = train.make_optimizer(model, params)
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
+    assert opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.9
+    sched = train.make_scheduler(opt, params, steps_per_epoch=10)
+    lrs = []
+    for _ in range(40):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert np.allclose(lrs[:10], np.arange(1, 11) / 10 * 0.1)  # linear warm-up, per iteration
+    assert lrs[10] == pytest.approx(0.1) and lrs[-1] < 0.001 and np.all(np.diff(lrs[10:]) <= 0)
+    one = train.make_scheduler(train.make_optimizer(model, {**params, "optimizer": "adamw"}),
+                               {**params, "scheduler": "onecycle"}, 10)
+    assert one.total_steps == 40
+
+
+def test_metrics_summary_with_an_absent_class():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no sklearn "ill-defined" warnings, no NaN
+        s = metrics.summary([0, 0, 1, 1, 3], [0, 1, 1, 1, 2], num_classes=4)
+    assert s["absent_classes"] == [2]
+    assert s["accuracy"] == pytest.approx(3 / 5)
+    assert s["balanced_accuracy"] == pytest.approx((0.5 + 1 + 0) / 3)  # over the present classes 0, 1, 3
+    f1 = s["f1_per_class"]
+    assert len(f1) == 4 and f1[2] == 0 and s["macro_f1"] == pytest.approx(f1.mean())  # 2 is predicted: counts
+    assert metrics.summary([0, 1], [0, 1], 4)["macro_f1"] == 1.0  # classes 2, 3 neither true nor predicted
+
+
+# -- augmentation -------------------------------------------------------------
+
+AUGMENTATIONS = {
+    "flip": lambda x, g: train.random_geometry(x, g, flip=True),
+    "rotate": lambda x, g: train.random_geometry(x, g, rotate=15.0),
+    "crop": lambda x, g: train.random_geometry(x, g, crop=0.6),
+    "flip_rotate_crop": lambda x, g: train.random_geometry(x, g, True, 15.0, 0.6),
+    "jitter": lambda x, g: train.jitter(x, g, 0.4),
+    "blur": lambda x, g: train.blur(x, g, 1.0),
+    "erase": lambda x, g: train.erase(x, g, 1.0),
+}
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("name", AUGMENTATIONS)
+def test_augmentation_keeps_shape_dtype_and_range(name, channels):
+    x = torch.rand(8, channels, 32, 32, generator=torch.Generator().manual_seed(0))
+    out = AUGMENTATIONS[name](x.clone(), torch.Generator().manual_seed(1))
+    assert out.shape == x.shape and out.dtype == torch.float32
+    assert out.min() >= 0 and out.max() <= 1
+    assert not torch.equal(out, x)  # it did something
+    assert torch.equal(out, AUGMENTATIONS[name](x.clone(), torch.Generator().manual_seed(1)))  # seeded
+
+
+def test_flip_alone_is_exact_and_prepare_batch_normalises():
+    x = torch.rand(16, 1, 8, 8)
+    out = train.random_geometry(x, torch.Generator().manual_seed(0), flip=True)
+    flipped = [torch.equal(o, xi.flip(-1)) for o, xi in zip(out, x)]
+    assert all(f or torch.equal(o, xi) for f, o, xi in zip(flipped, out, x)) and 0 < sum(flipped) < 16
+    u8 = torch.tensor([0, 255], dtype=torch.uint8).repeat(2, 1, 2, 1)
+    batch = train.prepare_batch(u8)
+    assert batch.min() == -1 and batch.max() == 1
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+
+
+# -- torchrun -----------------------------------------------------------------
+
+def test_torchrun_two_cpu_processes(data_root, tmp_path):
+    params_file = tmp_path / "ddp.yaml"
+    params_file.write_text(yaml.safe_dump(dict(dataset="folders", data_dir=str(data_root), image_size=32,
+                                               model="resnet", width=8, epochs=2, batch_size=16, aug_flip=True)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "fer_utils.train", str(params_file), "-p", "device=cpu", "--out", str(tmp_path / "run")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # 44 images over 2 ranks: 22 each, 2 steps of <= 16 (a single process takes 3).
+    assert "x 2 processes, 2 epochs of 2 steps" in proc.stdout
+    assert proc.stdout.count("epoch 2/2") == 1  # only rank 0 logs
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["finished"]
+    assert not any(k.startswith("module.") for k in ckpt["model"])  # saved unwrapped from DDP
+    train.load_checkpoint(tmp_path / "run" / "last.pt", create_model("resnet", 4, 1, 32, 8))
+    assert len(pd.read_csv(tmp_path / "run" / "history.csv")) == 2
+    assert Path(tmp_path / "run" / "best.pt").is_file()

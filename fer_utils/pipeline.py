@@ -254,6 +254,9 @@ def _copy_for_book(executed: Path, target: Path) -> None:
 
     nb = nbformat.read(executed, as_version=4)
     for cell in nb.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            tags.append("remove-cell")  # papermill's cell holds this machine's absolute paths
         for output in cell.get("outputs", []):
             data = output.get("data", {})
             if PLOTLY_JSON in data and "text/html" in data:

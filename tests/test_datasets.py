@@ -179,3 +179,15 @@ def test_real_ferplus_has_eight_classes():
     assert len(ds.frame) + len(ds.skipped) == 32139
     assert set(ds.skipped["reason"]) <= {"tied vote", "majority vote is not an emotion: unknown",
                                          "majority vote is not an emotion: NF", "no votes"}
+
+
+def test_synthetic_output_read_back_by_affectnet_mini_reader(tmp_path):
+    from fer_utils import synthetic
+    root = synthetic.generate(tmp_path / "syn", n_train=400, n_val=40, size=32, seed=3)
+    ds = read_affectnet_mini(root, fmt="synthetic")
+    assert ds.classes == labels.EMOTIONS and ds.skipped.empty
+    train = ds.split("train")["label"].value_counts(normalize=True).sort_index()
+    for label_id, share in synthetic.AFFECTNET_SHARES.items():
+        assert abs(train[label_id] - share) <= 0.01
+    assert set(ds.split("val")["label"].value_counts()) == {5}  # balanced
+    assert ds.frame["valence"].between(-1, 1).all() and ds.frame["landmarks"].map(len).eq(68).all()

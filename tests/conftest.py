@@ -9,6 +9,18 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+# A book that builds in seconds: tiny synthetic data, a tiny model, two epochs.
+TINY = """dataset: synthetic
+synthetic_n_train: 120
+synthetic_n_val: 32
+synthetic_size: 32
+image_size: 32
+epochs: 2
+width: 8
+batch_size: 32
+bootstrap: 50
+"""
+
 FER_DATA_DIR = os.environ.get("FER_DATA_DIR") or str(Path.home() / ".cache/fer-data/fer2013")
 
 

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from browser import PageWatch, chromium_or_skip, launch, serve_dir
+from conftest import TINY
 from fer_utils import pipeline
 from fer_utils.publish import TARBALL, check_offline, publish
 
@@ -25,16 +26,6 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts" / "book"
-TINY = """dataset: synthetic
-synthetic_n_train: 120
-synthetic_n_val: 32
-synthetic_size: 32
-image_size: 32
-epochs: 2
-width: 8
-batch_size: 32
-bootstrap: 50
-"""
 
 # Per figure: is there an SVG, and how many data marks did plotly draw (bars, points, lines, images)?
 # WebGL traces (scattergl) draw into a canvas instead: for those, a sized canvas counts as marks.

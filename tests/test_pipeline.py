@@ -6,18 +6,9 @@ import re
 
 import pytest
 
+from conftest import TINY
 from fer_utils import pipeline
 
-TINY = """dataset: synthetic
-synthetic_n_train: 120
-synthetic_n_val: 32
-synthetic_size: 32
-image_size: 32
-epochs: 2
-width: 8
-batch_size: 32
-bootstrap: 50
-"""
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 # A book that builds in seconds: tiny synthetic data, a tiny model, two epochs.
@@ -89,3 +90,13 @@ def affectnet_csv(tmp_path):
     pd.DataFrame(rows["train"]).to_csv(root / "training.csv", index=False)
     pd.DataFrame(rows["val"]).to_csv(root / "validation.csv", index=False)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: on 2 shared cores this avoids OpenMP stalls when other jobs
+    compete, and keeps CPU results bit-reproducible within the module."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

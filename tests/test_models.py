@@ -9,13 +9,7 @@ from torchvision.ops import DropBlock2d
 from fer_utils.models import MODELS, create_model, resnet18_weights_path
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # 2 shared cores: one thread per process avoids OpenMP stalls when other jobs compete.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("size", [48, 96])

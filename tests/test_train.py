@@ -24,14 +24,7 @@ CLASSES = ("anger", "happy", "sad", "neutral")
 TRAIN_COUNTS = (20, 12, 8, 4)  # imbalanced on purpose
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # 2 shared cores: one thread per process avoids OpenMP stalls when other jobs compete,
-    # and keeps CPU results bit-reproducible within the module.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

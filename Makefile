@@ -39,9 +39,9 @@ lab: $(STAMP)
 publish: $(STAMP)
 	$(PY) -m fer_utils.publish
 
-# The image-upload demo (notebooks/05_demo.py) as an app: Voila on http://127.0.0.1:$(DEMO_PORT)/ (localhost
+# The image-upload demo (notebooks/06_demo.py) as an app: Voila on http://127.0.0.1:$(DEMO_PORT)/ (localhost
 # only). It uses runs/<run_name>/best.pt of PARAMS when that exists, else the bundled model. The notebook is
-# converted to .cache/demo/05_demo.ipynb first (Voila reads .ipynb only). Ctrl-C stops it.
+# converted to .cache/demo/06_demo.ipynb first (Voila reads .ipynb only). Ctrl-C stops it.
 DEMO_PORT ?= 8866
 .PHONY: demo
 demo: $(STAMP)

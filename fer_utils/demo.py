@@ -1,4 +1,4 @@
-"""The image-upload demo: an ipywidgets app (notebooks/05_demo.py) and a Voila server for it.
+"""The image-upload demo: an ipywidgets app (notebooks/06_demo.py) and a Voila server for it.
 
     python -m fer_utils.demo [PARAMS] [--port 8866] [--ip 127.0.0.1] [--prepare-only]
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from .datasets import REPO_ROOT
 from .faces import MAX_PIXELS, ImageError
 
-DEMO_NOTEBOOK = REPO_ROOT / "notebooks" / "05_demo.py"
+DEMO_NOTEBOOK = REPO_ROOT / "notebooks" / "06_demo.py"
 DEMO_DIR = REPO_ROOT / ".cache" / "demo"
 SAMPLE_NAME = "astronaut.png"
 MAX_UPLOAD_MB = 64
@@ -191,14 +191,14 @@ class DemoApp:
 
 def prepare_notebook(out_dir: str | Path = DEMO_DIR, params_file: str | Path | None = None,
                      run_dir: str | Path | None = None) -> Path:
-    """notebooks/05_demo.py -> OUT/05_demo.ipynb with a kernelspec, and `params_file` / `run_dir` (when
+    """notebooks/06_demo.py -> OUT/06_demo.ipynb with a kernelspec, and `params_file` / `run_dir` (when
     given) injected as its parameters (papermill, without executing it)."""
     import jupytext
     import papermill
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    source, target = out_dir / "05_demo.src.ipynb", out_dir / "05_demo.ipynb"
+    source, target = out_dir / "06_demo.src.ipynb", out_dir / "06_demo.ipynb"
     nb = jupytext.read(DEMO_NOTEBOOK)
     nb.metadata["kernelspec"] = dict(name="python3", display_name="Python 3", language="python")
     jupytext.write(nb, source)

@@ -121,7 +121,7 @@ def _as_ids(labels_, classes) -> np.ndarray:
 
 # -- summaries ----------------------------------------------------------------
 
-def _scores(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float, float]:
+def scores(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float, float]:
     """accuracy, balanced accuracy (mean recall over classes present in y_true), macro-F1 (sklearn)."""
     present = np.unique(y_true)
     return (float(accuracy_score(y_true, y_pred)),
@@ -140,7 +140,7 @@ def bootstrap_ci(y_true, y_pred, n_boot: int = 1000, seed: int = 0, level: float
     values = np.empty((n_boot, 3))
     for b in range(n_boot):
         idx = rng.integers(0, n, n)
-        values[b] = _scores(y_true[idx], y_pred[idx])
+        values[b] = scores(y_true[idx], y_pred[idx])
     alpha = (1 - level) / 2
     low, high = np.quantile(values, [alpha, 1 - alpha], axis=0)
     return {name: (float(lo), float(hi)) for name, lo, hi in
@@ -179,9 +179,9 @@ def split_summary(y_true, y_pred, classes, train_majority: str | int, n_boot: in
     if y_true.size == 0:
         raise ValueError(f"split {split or ''} has no images: nothing to score".replace("  ", " "))
     majority = train_majority if isinstance(train_majority, (int, np.integer)) else classes.index(train_majority)
-    accuracy, balanced_accuracy, macro_f1 = _scores(y_true, y_pred)
+    accuracy, balanced_accuracy, macro_f1 = scores(y_true, y_pred)
     guess = np.full_like(y_true, majority)
-    m_acc, m_bal, m_f1 = _scores(y_true, guess)
+    m_acc, m_bal, m_f1 = scores(y_true, guess)
     counts = np.bincount(y_true, minlength=len(classes))
     present = counts[counts > 0]
     absent = [c for c, n in zip(classes, counts) if n == 0]

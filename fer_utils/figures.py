@@ -327,6 +327,31 @@ def compare_f1(tables: dict[str, pd.DataFrame], metric: str = "f1",
     return fig
 
 
+def compare_curves(histories: dict[str, pd.DataFrame], metric: str = "val_macro_f1",
+                   title: str = "Validation macro-F1 per epoch") -> go.Figure:
+    """One line per run (or ablation variant): a history column (train.HISTORY_COLUMNS) per epoch."""
+    long = pd.concat([h[["epoch", metric]].assign(run=name) for name, h in histories.items()], ignore_index=True)
+    fig = px.line(long, x="epoch", y=metric, color="run", markers=True, title=title,
+                  labels={metric: metric.replace("_", " ").replace("f1", "F1"), "run": ""})
+    return fig
+
+
+def ablation_bars(table: pd.DataFrame, title: str = "Ablation on the validation split") -> go.Figure:
+    """Grouped bars per variant (ablation.summary_table rows that trained): validation accuracy, balanced
+    accuracy, macro-F1, F1 of the rarest classes, and the train-val accuracy gap."""
+    columns = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro-F1",
+               **{c: f"F1 {c[3:]} (rare)" for c in table.columns if c.startswith("f1_")},
+               "gap": "train - val accuracy"}
+    ok = table[table["status"] == "ok"]
+    long = ok.melt(id_vars=["variant"], value_vars=list(columns), var_name="metric", value_name="value")
+    long["metric"] = long["metric"].map(columns)
+    fig = px.bar(long, x="metric", y="value", color="variant", barmode="group", text_auto=".0%",
+                 labels=dict(metric="", value="", variant=""), title=title)
+    fig.update_yaxes(tickformat=".0%")
+    fig.update_layout(legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
 def protocol_bars(table: pd.DataFrame, title: str = "What each number rewards: the model against always "
                                                      "answering the majority class") -> go.Figure:
     """Accuracy, balanced accuracy and macro-F1 of the model and of the majority-class guess, per split

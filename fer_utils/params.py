@@ -62,6 +62,10 @@ SCHEMA: dict[str, tuple] = {
     # -- evaluation
     "checkpoint": ("best", str, "'best', 'last' or a path to a checkpoint"),
     "bootstrap": (1000, int, "bootstrap resamples for confidence intervals"),
+    # -- ablation chapter
+    "ablation": ("baseline,regularized,augmented,weighted_loss,weighted_sampler,resnet", str,
+                 "comma-separated ablation variants (fer_utils.ablation.VARIANTS); empty = none"),
+    "ablation_epochs": (None, int, "epochs per ablation variant; null = `epochs`"),
 }
 
 DEFAULTS = {k: v[0] for k, v in SCHEMA.items()}
@@ -130,6 +134,11 @@ def resolve(path: str | Path | None = None, overrides: dict | None = None) -> di
         params[key] = value
     params = {k: _check_value(k, v) for k, v in params.items()}
     params["run_name"] = params["run_name"] or "default"
+    from .ablation import variant_names  # here, not at the top: it imports the training engine (torch)
+    try:
+        variant_names(params)
+    except ValueError as err:
+        raise ParamsError(f"parameter 'ablation': {err}") from None
     if params["data_dir"] is None and params["dataset"] != "synthetic" and os.environ.get("FER_DATA_DIR"):
         params["data_dir"] = os.environ["FER_DATA_DIR"]
     return params

@@ -82,10 +82,17 @@ def provenance(params: dict, ds) -> dict:
                 packages=versions)
 
 
+# Modules no chapter imports (they publish, export or serve the book): editing them re-executes nothing.
+NOT_EXECUTED = ("publish.py", "offline.py", "sphinx_offline.py", "export.py")
+
+
 def _code_hash() -> str:
+    """The library code and the bundled weights the chapters run with (the demo and model card use them)."""
+    package = REPO_ROOT / "fer_utils"
     h = hashlib.sha256()
-    for f in sorted((REPO_ROOT / "fer_utils").glob("*.py")):
-        h.update(f.read_bytes())
+    for f in sorted(package.glob("*.py")) + sorted(package.glob("weights/*.pt")):
+        if f.name not in NOT_EXECUTED:
+            h.update(f.name.encode() + f.read_bytes())
     return h.hexdigest()
 
 

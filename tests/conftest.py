@@ -20,6 +20,8 @@ epochs: 2
 width: 8
 batch_size: 32
 bootstrap: 50
+ablation: baseline,resnet
+ablation_epochs: 1
 """
 
 FER_DATA_DIR = os.environ.get("FER_DATA_DIR") or str(Path.home() / ".cache/fer-data/fer2013")

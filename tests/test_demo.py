@@ -78,7 +78,7 @@ def _run_card(tmp_path, checkpoint) -> str:
     import jupytext
     import papermill
 
-    nb = jupytext.read(REPO / "notebooks" / "06_model_card.py")
+    nb = jupytext.read(REPO / "notebooks" / "07_model_card.py")
     nb.metadata["kernelspec"] = dict(name="python3", display_name="Python 3", language="python")
     src, out = tmp_path / "card.src.ipynb", tmp_path / "card.ipynb"
     jupytext.write(nb, src)

@@ -1,4 +1,4 @@
-"""The upload demo end to end: Voila serves notebooks/05_demo.py, headless Chromium uploads a photo and a
+"""The upload demo end to end: Voila serves notebooks/06_demo.py, headless Chromium uploads a photo and a
 file that is not an image through the FileUpload widget, and the answers must appear on the page.
 
 Needs Debian's chromium (/usr/bin/chromium; .ci/run installs it). Skips without it, except where

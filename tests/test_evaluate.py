@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,12 +11,15 @@ import torch
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, f1_score, log_loss,
                              precision_recall_fscore_support)
 
+from conftest import FER_DATA_DIR
 from fer_utils import calibration, evaluate, saliency, train
-from fer_utils.datasets import read_folders
+from fer_utils.datasets import open_dataset, read_folders
+from fer_utils.params import resolve
 from fer_utils.labels import EMOTIONS
 from fer_utils.models import create_model
 
 CLASSES = list(EMOTIONS)
+REPO = Path(__file__).resolve().parent.parent
 
 
 def fake_predictions(n=240, k=8, seed=0, skill=2.0, absent=()):
@@ -200,3 +204,24 @@ def test_figures_build_with_class_names(tmp_path):
     assert overlay.shape == (48, 48, 3) and overlay.dtype == np.uint8
     with pytest.raises(ValueError, match="no faces"):
         figures.face_gallery([], [], "empty")
+
+
+@pytest.mark.skipif(not Path(FER_DATA_DIR, "train").is_dir(),
+                    reason="real FER2013 data absent (set FER_DATA_DIR to the unpacked fer2013/)")
+def test_fer2013_evaluation_equals_what_training_reported(tmp_path, one_thread):
+    """The evaluation chapter's path (its own decoding, its own model rebuilt from best.pt, scikit-learn)
+    gives the validation scores the training chapter reported for the same checkpoint, on real JPEGs."""
+    params = resolve(REPO / "params" / "fer2013.yaml",
+                     dict(data_dir=FER_DATA_DIR, max_per_split=700, epochs=2, width=8, ablation=""))
+    ds = open_dataset(params)
+    result = train.fit(params, ds, tmp_path)
+    model, ckpt = evaluate.load_for_evaluation(params, tmp_path, ds)
+    assert ckpt["epoch"] == result["best_epoch"]
+    frame, *_ = evaluate.predict_split(model, ckpt, ds, "val", 256)
+    summary = evaluate.split_summary(frame["true"], frame["predicted"], ds.classes, evaluate.train_majority(ds),
+                                     20, 0, "val")
+    reported = result["best_metrics"]
+    assert summary["n"] == len(ds.split("val"))
+    assert summary["accuracy"] == pytest.approx(reported["val_accuracy"], abs=1e-9)
+    assert summary["balanced_accuracy"] == pytest.approx(reported["val_balanced_accuracy"], abs=1e-9)
+    assert summary["macro_f1"] == pytest.approx(reported["val_macro_f1"], abs=1e-9)

@@ -81,3 +81,19 @@ def test_bad_params_fail_before_any_work(isolated, tmp_path, capsys):
     assert pipeline.main([str(isolated)]) == 1
     assert "unknown parameter 'epoch'" in capsys.readouterr().out
     assert not (tmp_path / "runs").exists()
+
+
+def test_code_hash_follows_the_executed_code_and_the_bundled_weights(tmp_path, monkeypatch):
+    package = tmp_path / "fer_utils"
+    (package / "weights").mkdir(parents=True)
+    (package / "train.py").write_text("x = 1\n")
+    (package / "publish.py").write_text("y = 1\n")
+    monkeypatch.setattr(pipeline, "REPO_ROOT", tmp_path)
+    first = pipeline._code_hash()
+    (package / "publish.py").write_text("y = 2\n")  # publishing code: the chapters need not re-execute
+    assert pipeline._code_hash() == first
+    (package / "weights" / "model.pt").write_bytes(b"weights")  # the demo and model card use it
+    second = pipeline._code_hash()
+    assert second != first
+    (package / "train.py").write_text("x = 2\n")
+    assert pipeline._code_hash() not in (first, second)

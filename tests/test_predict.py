@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from fer_utils import faces, predict
 from fer_utils.train import CheckpointError
@@ -204,3 +205,35 @@ def test_bundled_model_sees_the_smiling_astronaut_as_happy():
 def test_bundled_model_is_in_the_package_data():
     text = (REPO / "pyproject.toml").read_text()
     assert "weights/*.pt" in text
+
+
+def test_export_keeps_what_predicting_needs_and_nothing_machine_specific(tmp_path, one_thread):
+    from conftest import TINY
+    from fer_utils import evaluate, export, params as params_mod, train
+    from fer_utils.datasets import open_dataset
+
+    params_file = tmp_path / "tiny.yaml"
+    params_file.write_text(TINY + f"data_dir: {tmp_path / 'synthetic'}\n")
+    params, run_dir = params_mod.resolve(params_file), tmp_path / "run"
+    with pytest.raises(FileNotFoundError):
+        export.export_run(run_dir, tmp_path / "x.pt")
+    ds = open_dataset(params)
+    train.fit(params, ds, run_dir)
+    model, ckpt = evaluate.load_for_evaluation(params, run_dir, ds)
+    frame, *_ = evaluate.predict_split(model, ckpt, ds, "val")
+    evaluate.save_predictions(frame, run_dir, "val")
+    summary = evaluate.split_summary(frame["true"], frame["predicted"], ds.classes, "happy", 20, 0, "val")
+    evaluate.save_metrics([summary], run_dir, checkpoint=dict(path=str(ckpt["path"]), epoch=int(ckpt["epoch"])))
+
+    out = export.export_run(run_dir, tmp_path / "weights" / "m.pt")
+    state = torch.load(out, map_location="cpu", weights_only=True)
+    assert set(state) == set(export.KEEP) | {"metrics"}  # no provenance.json in this run folder
+    assert state["params"]["data_dir"] is None and str(tmp_path) not in repr(state["params"])
+    assert state["metrics"]["val"]["accuracy"] == summary["accuracy"]
+    f1 = evaluate.per_class_table(frame["true"], frame["predicted"], ds.classes)["f1"].dropna()
+    assert sum(state["metrics"]["val"]["f1_per_class"].values()) / len(f1) == pytest.approx(summary["macro_f1"])
+    assert out.stat().st_size < (run_dir / "best.pt").stat().st_size
+    photo = astronaut()
+    exported = predict.predict_image(photo, predict.load_predictor(out))
+    original = predict.predict_image(photo, predict.load_predictor(run_dir / "best.pt"))
+    assert exported[0].probabilities == pytest.approx(original[0].probabilities)

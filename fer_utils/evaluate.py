@@ -38,10 +38,11 @@ BALANCED_RATIO = 1.1  # a split is "balanced" when its largest class is at most 
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, x_uint8, batch_size: int = 256, device="cpu", amp: bool = False,
-            return_logits: bool = False):
+            return_logits: bool = False, flip: bool = False):
     """Class probabilities (N, K) float64 numpy for uint8 images (N, C, H, W), tensor or numpy.
 
     Images are normalised exactly as in training (`train.prepare_batch`, no augmentation).
+    flip=True: test-time augmentation, the logits of each image and its mirror image averaged.
     With return_logits=True returns (probs, logits).
     """
     device = train.select_device(device) if isinstance(device, str) else torch.device(device)
@@ -52,8 +53,10 @@ def predict(model: torch.nn.Module, x_uint8, batch_size: int = 256, device="cpu"
     for start in range(0, len(x), batch_size):
         xb = x[start:start + batch_size].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(train.prepare_batch(xb))
-        chunks.append(logits.float().cpu())
+            logits = model(train.prepare_batch(xb)).float()
+            if flip:
+                logits = (logits + model(train.prepare_batch(xb.flip(-1))).float()) / 2
+        chunks.append(logits.cpu())
     num_classes = _num_classes(model)
     logits = torch.cat(chunks).double() if chunks else torch.zeros((0, num_classes), dtype=torch.float64)
     probs = torch.softmax(logits, 1).numpy()
@@ -334,15 +337,24 @@ def load_for_evaluation(params: dict, run_dir, ds: Dataset | None = None, device
     return model, ckpt
 
 
+def reported_by_training(ckpt: dict) -> tuple[float, float, float] | None:
+    """(accuracy, balanced accuracy, macro-F1) on val that training logged for the checkpoint's epoch."""
+    history = ckpt.get("history") or {}
+    if ckpt.get("epoch") not in history.get("epoch", []):
+        return None
+    i = history["epoch"].index(ckpt["epoch"])
+    return tuple(float(history[k][i]) for k in ("val_accuracy", "val_balanced_accuracy", "val_macro_f1"))
+
+
 def predict_split(model, ckpt: dict, ds: Dataset, split: str, batch_size: int = 256, device="cpu",
-                  amp: bool = False):
-    """Decode `split` at the checkpoint's image size and channels, predict it. Returns
-    (predictions frame, x uint8, y, locations)."""
+                  amp: bool = False, flip: bool = False):
+    """Decode `split` at the checkpoint's image size and channels, predict it (flip: test-time
+    augmentation, see `predict`). Returns (predictions frame, x uint8, y, locations)."""
     from .images import load_split
 
     config = ckpt["model_config"]
     x, y, locations = load_split(ds, split, config["image_size"], config["in_channels"])
-    probs = predict(model, x, batch_size, device, amp)
+    probs = predict(model, x, batch_size, device, amp, flip=flip)
     return predictions_frame(locations, y, probs, ds.classes), x, y, locations
 
 

@@ -62,6 +62,8 @@ SCHEMA: dict[str, tuple] = {
     # -- evaluation
     "checkpoint": ("best", str, "'best', 'last' or a path to a checkpoint"),
     "bootstrap": (1000, int, "bootstrap resamples for confidence intervals"),
+    "tta_flip": (False, bool, "evaluation: average the logits of each face and its mirror image (test-time "
+                              "augmentation); training's per-epoch validation never uses it"),
     # -- ablation chapter
     "ablation": ("baseline,regularized,augmented,weighted_loss,weighted_sampler,resnet", str,
                  "comma-separated ablation variants (fer_utils.ablation.VARIANTS); empty = none"),

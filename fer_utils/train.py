@@ -43,7 +43,7 @@ from .params import save as save_params
 # Params that do not change the trained weights: a checkpoint made under other values is still valid.
 # (data_dir: the data fingerprint already says whether the data are the same; params_file: where they came from.)
 NON_TRAINING_KEYS = ("retrain", "checkpoint", "bootstrap", "run_name", "device", "num_workers", "data_dir",
-                     "params_file", "ablation", "ablation_epochs")
+                     "params_file", "ablation", "ablation_epochs", "tta_flip")
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy",
                    "val_macro_f1", "lr", "epoch_time_s", "train_images_per_s")
 CHECKPOINT_FORMAT = 1

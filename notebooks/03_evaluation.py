@@ -38,18 +38,24 @@ device = select_device(params["device"])
 model, ckpt = evaluate.load_for_evaluation(params, run_dir, ds, device)
 majority = evaluate.train_majority(ds)
 splits = evaluate.evaluation_splits(ds)
+batch, tta = 2 * params["batch_size"], params["tta_flip"]
 results = {}
 for split in splits:
-    frame, *_ = evaluate.predict_split(model, ckpt, ds, split, 2 * params["batch_size"], device, params["amp"])
+    frame, *_ = evaluate.predict_split(model, ckpt, ds, split, batch, device, params["amp"], flip=tta)
     evaluate.save_predictions(frame, run_dir, split)
-    results[split] = dict(
-        frame=frame,
-        summary=evaluate.split_summary(frame["true"], frame["predicted"], ds.classes, majority,
-                                       params["bootstrap"], params["seed"], split),
-        table=evaluate.per_class_table(frame["true"], frame["predicted"], ds.classes),
-        cm=evaluate.confusion(frame["true"], frame["predicted"], ds.classes),
-    )
+    summary = evaluate.split_summary(frame["true"], frame["predicted"], ds.classes, majority,
+                                     params["bootstrap"], params["seed"], split)
+    if tta:
+        summary["protocol"] += "; each face is predicted together with its mirror image (flip test-time augmentation)"
+    results[split] = dict(frame=frame, summary=summary,
+                          table=evaluate.per_class_table(frame["true"], frame["predicted"], ds.classes),
+                          cm=evaluate.confusion(frame["true"], frame["predicted"], ds.classes))
 summaries = [results[s]["summary"] for s in splits]
+# The training chapter's numbers for this checkpoint, and the same protocol (no test-time augmentation) here.
+reported = evaluate.reported_by_training(ckpt)
+plain = (evaluate.predict_split(model, ckpt, ds, "val", batch, device, params["amp"])[0] if tta
+         else results["val"]["frame"])
+recomputed = evaluate.scores(plain["true"], plain["predicted"])
 evaluate.save_metrics(summaries, run_dir, checkpoint=dict(
     path=str(ckpt["path"]), epoch=int(ckpt["epoch"]), best_epoch=int(ckpt["best_epoch"]),
     selected_by="validation macro-F1", model=ckpt["model_config"]["name"]))
@@ -71,6 +77,30 @@ display(Markdown(
         f"**{s}** ({results[s]['summary']['n']:,} images)" for s in splits) + "." + val_note
     + "".join(f"\n\n*Note: {n}.*" for n in ckpt["notes"])
 ))
+
+# %% [markdown]
+# ## The same numbers as training reported
+#
+# The training chapter scored this checkpoint on the validation split as it
+# trained. This chapter decodes the images, rebuilds the model from the
+# checkpoint file and scores it again with scikit-learn; under the same protocol
+# (no test-time augmentation) the numbers must be the same.
+
+# %% tags=["remove-input"]
+if reported is None:
+    display(Markdown("*The checkpoint records no per-epoch history to compare with.*"))
+else:
+    names = ("accuracy", "balanced accuracy", "macro-F1")
+    diff = max(abs(a - b) for a, b in zip(reported, recomputed))
+    display(Markdown(
+        f"Training reported for epoch {ckpt['epoch']}: " + ", ".join(
+            f"{n} {v:.4f}" for n, v in zip(names, reported)) + ". Recomputed here"
+        + (" without test-time augmentation" if tta else "") + ": " + ", ".join(
+            f"{n} {v:.4f}" for n, v in zip(names, recomputed)) + ". "
+        + ("**They agree** (largest difference {:.1e}).".format(diff) if diff < 1e-6 else
+           f"**They differ** by up to {diff:.4f}: the evaluation does not see what training saw.")
+        + (" The headline numbers below use flip test-time augmentation (`tta_flip`), so they differ from "
+           "training's by design." if tta else "")))
 
 # %% [markdown]
 # ## Headline numbers, and what each one rewards

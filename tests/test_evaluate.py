@@ -221,7 +221,22 @@ def test_fer2013_evaluation_equals_what_training_reported(tmp_path, one_thread):
     summary = evaluate.split_summary(frame["true"], frame["predicted"], ds.classes, evaluate.train_majority(ds),
                                      20, 0, "val")
     reported = result["best_metrics"]
+    assert evaluate.reported_by_training(ckpt) == pytest.approx(
+        (reported["val_accuracy"], reported["val_balanced_accuracy"], reported["val_macro_f1"]))
     assert summary["n"] == len(ds.split("val"))
     assert summary["accuracy"] == pytest.approx(reported["val_accuracy"], abs=1e-9)
     assert summary["balanced_accuracy"] == pytest.approx(reported["val_balanced_accuracy"], abs=1e-9)
     assert summary["macro_f1"] == pytest.approx(reported["val_macro_f1"], abs=1e-9)
+
+
+def test_flip_tta_averages_the_logits_of_each_face_and_its_mirror():
+    torch.manual_seed(0)
+    model = create_model("regularized_cnn", 4, 1, 32, width=4).eval()
+    x = torch.randint(0, 256, (6, 1, 32, 32), dtype=torch.uint8)
+    _, logits = evaluate.predict(model, x, return_logits=True)
+    _, mirrored = evaluate.predict(model, x.flip(-1), return_logits=True)
+    probs, both = evaluate.predict(model, x, batch_size=4, return_logits=True, flip=True)
+    assert both == pytest.approx((logits + mirrored) / 2, abs=1e-5)
+    assert probs == pytest.approx(torch.softmax(torch.as_tensor(both), 1).numpy())
+    symmetric = torch.cat([x[..., :16], x[..., :16].flip(-1)], -1)
+    assert evaluate.predict(model, symmetric, flip=True) == pytest.approx(evaluate.predict(model, symmetric), abs=1e-6)

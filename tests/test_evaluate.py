@@ -212,8 +212,7 @@ def test_fer2013_evaluation_equals_what_training_reported(tmp_path, one_thread):
     """The evaluation chapter's path (its own decoding, its own model rebuilt from best.pt, scikit-learn)
     gives the validation scores the training chapter reported for the same checkpoint, on real JPEGs."""
     params = resolve(REPO / "params" / "fer2013.yaml",
-                     dict(data_dir=FER_DATA_DIR, max_per_split=700, epochs=2, model="regularized_cnn", width=8,
-                          ablation=""))
+                     dict(data_dir=FER_DATA_DIR, max_per_split=700, epochs=2, width=8, ablation=""))
     ds = open_dataset(params)
     result = train.fit(params, ds, tmp_path)
     model, ckpt = evaluate.load_for_evaluation(params, tmp_path, ds)

@@ -1,12 +1,15 @@
 """Model factory: output shapes, topology promises, offline-only pretrained weights."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
 from torchvision.ops import DropBlock2d
 
-from fer_utils.models import MODELS, create_model, resnet18_weights_path
+from fer_utils.models import MODELS, StridedPointwise, create_model, resnet18_weights_path
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -52,6 +55,33 @@ def test_resnet_stem_adapts_to_image_size():
     assert [s[0].conv1.out_channels for s in small.stages] == [8, 16, 32, 64]
     with torch.no_grad():
         assert large.eval()(torch.randn(1, 1, 224, 224)).shape == (1, 7)
+
+
+def test_strided_pointwise_equals_a_strided_1x1_conv():
+    torch.manual_seed(0)
+    ours = StridedPointwise(8, 16, 2)
+    ref = nn.Conv2d(8, 16, 1, 2, bias=False)
+    ref.load_state_dict(ours.state_dict())
+    for size in (47, 48):
+        x = torch.randn(2, 8, size, size)
+        torch.testing.assert_close(ours(x), ref(x))
+
+
+def test_small_resnet_trains_in_channels_last_on_cpu():
+    """Width 8 at 48 px in channels_last once segfaulted in backward (oneDNN's strided 1x1 weight
+    gradient); run in a child process so a crash fails this test instead of killing the suite."""
+    code = (
+        "import torch\n"
+        "from fer_utils.models import create_model\n"
+        "torch.set_num_threads(1)\n"
+        "m = create_model('resnet', 7, 1, 48, 8).to(memory_format=torch.channels_last)\n"
+        "x = torch.randn(16, 1, 48, 48).contiguous(memory_format=torch.channels_last)\n"
+        "torch.nn.functional.cross_entropy(m(x), torch.randint(0, 7, (16,))).backward()\n"
+        "print(float(m.stem[0].weight.grad.abs().sum()) > 0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
+    assert done.stdout.strip() == "True"
 
 
 def test_pretrained_resnet18_without_cache_warns_or_raises(tmp_path, monkeypatch):

@@ -60,11 +60,17 @@ def test_resnet_stem_adapts_to_image_size():
 def test_strided_pointwise_equals_a_strided_1x1_conv():
     torch.manual_seed(0)
     ours = StridedPointwise(8, 16, 2)
+    assert ours.subsample_first and not StridedPointwise(16, 32, 2).subsample_first
     ref = nn.Conv2d(8, 16, 1, 2, bias=False)
     ref.load_state_dict(ours.state_dict())
     for size in (47, 48):
-        x = torch.randn(2, 8, size, size)
-        torch.testing.assert_close(ours(x), ref(x))
+        x = torch.randn(2, 8, size, size, requires_grad=True)
+        x_ref = x.detach().clone().requires_grad_()
+        torch.testing.assert_close(ours(x), ref(x_ref))
+        ours(x).sum().backward()
+        ref(x_ref).sum().backward()
+        torch.testing.assert_close(x.grad, x_ref.grad)
+        torch.testing.assert_close(ours.weight.grad, ref.weight.grad, rtol=1e-5, atol=1e-4)  # summation order
 
 
 def test_small_resnet_trains_in_channels_last_on_cpu():

@@ -109,6 +109,7 @@ def execute(notebook: Path, run_dir: Path) -> None:
     import jupytext
     import papermill
     from papermill.exceptions import PapermillExecutionError
+    from traitlets.config import Config
 
     staging = run_dir / ".staging"
     staging.mkdir(exist_ok=True)
@@ -120,7 +121,9 @@ def execute(notebook: Path, run_dir: Path) -> None:
         papermill.execute_notebook(str(source), str(partial), kernel_name="python3", cwd=str(run_dir),
                                    parameters=dict(params_file=str(run_dir / "params.yaml"),
                                                    run_dir=str(run_dir)),
-                                   progress_bar=False, log_output=False)
+                                   progress_bar=False, log_output=False,
+                                   # local Unix sockets: no TCP ports, and no kernel warning about them per chapter
+                                   config=Config(KernelManager=dict(transport="ipc")))
     except PapermillExecutionError as err:
         raise PipelineError(
             f"notebook {notebook.name} failed in cell {err.cell_index} (execution count {err.exec_count}): "
@@ -342,6 +345,9 @@ def main(argv=None) -> int:
     except (PipelineError, params_mod.ParamsError, DataError) as err:
         log(f"ERROR: {err}")
         return 1
+    except KeyboardInterrupt:
+        log("interrupted: finished chapters are kept; the same command continues where this one stopped")
+        return 130
     log(f"finished in {time.perf_counter() - started:.1f} s")
     return 0
 

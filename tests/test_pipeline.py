@@ -58,6 +58,32 @@ def test_book_builds_then_cache_skips(isolated, tmp_path, capsys):
     assert "tiny" in runs_page and "second" in runs_page
 
 
+def test_interrupted_batch_continues_where_it_stopped(isolated, tmp_path, monkeypatch, capsys):
+    """Ctrl-C in the second run's third chapter: the re-run executes exactly what had not finished."""
+    executed, interrupt_at = [], [len(pipeline.chapters()) + 3]
+
+    def fake_execute(notebook, run_dir):
+        if len(executed) + 1 == interrupt_at[0]:
+            raise KeyboardInterrupt
+        (run_dir / f"{notebook.stem}.ipynb").write_text("{}")
+        executed.append((run_dir.name, notebook.stem))
+
+    monkeypatch.setattr(pipeline, "execute", fake_execute)
+    second = tmp_path / "second.yaml"
+    second.write_text(isolated.read_text())
+    assert pipeline.main([str(isolated), str(second), "--no-book"]) == 130
+    assert "interrupted: finished chapters are kept" in capsys.readouterr().out
+    stems = [nb.stem for nb in pipeline.chapters()]
+    assert executed == [("tiny", s) for s in stems] + [("second", s) for s in stems[:2]]
+
+    executed.clear()
+    interrupt_at[0] = 0
+    assert pipeline.main([str(isolated), str(second), "--no-book"]) == 0
+    assert executed == [("second", s) for s in stems[2:]]
+    out = capsys.readouterr().out
+    assert out.count("cached, skipped") == len(stems) + 2
+
+
 @pytest.mark.slow
 def test_failing_cell_names_notebook_and_cell_and_keeps_book(isolated, tmp_path, monkeypatch, capsys):
     html = tmp_path / "_build" / "html"

@@ -104,6 +104,22 @@ def cache_key(notebook: Path, params: dict, fingerprint: str) -> str:
     return h.hexdigest()
 
 
+class _Echo:
+    """A chapter's printed lines (training epochs) echoed live into the pipeline's log, indented:
+    a batch followed over SSH shows progress, not silence, during a long training chapter."""
+
+    def __init__(self):
+        self.line_start = True
+
+    def write(self, text: str) -> None:
+        for line in text.splitlines(keepends=True):
+            sys.stdout.write(("    " if self.line_start else "") + line)
+            self.line_start = line.endswith("\n")
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
 def execute(notebook: Path, run_dir: Path) -> None:
     """jupytext text -> ipynb -> papermill, written atomically next to the run's outputs."""
     import jupytext
@@ -121,7 +137,7 @@ def execute(notebook: Path, run_dir: Path) -> None:
         papermill.execute_notebook(str(source), str(partial), kernel_name="python3", cwd=str(run_dir),
                                    parameters=dict(params_file=str(run_dir / "params.yaml"),
                                                    run_dir=str(run_dir)),
-                                   progress_bar=False, log_output=False,
+                                   progress_bar=False, log_output=False, stdout_file=_Echo(),
                                    # local Unix sockets: no TCP ports, and no kernel warning about them per chapter
                                    config=Config(KernelManager=dict(transport="ipc")))
     except PapermillExecutionError as err:

@@ -80,6 +80,22 @@ def test_chapter_opens_as_notebook_with_project_kernel(lab):
     assert specs["default"] == "python3" and "python3" in specs["kernelspecs"]
 
 
+def test_saving_writes_the_same_text_and_no_outputs(lab):
+    """Saving a chapter from Lab (here with an output added) rewrites the .py byte for byte: no
+    outputs, no version lines in the header. Saved to a gitignored copy, never over the chapter."""
+    model = lab.request("GET", f"/api/contents/{CHAPTER}?type=notebook&content=1")
+    code = next(c for c in model["content"]["cells"] if c["cell_type"] == "code")
+    code["outputs"] = [dict(output_type="stream", name="stdout", text="an output\n")]
+    copy = ".cache/lab-test/chapter.py"
+    (REPO / copy).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        lab.request("PUT", f"/api/contents/{copy}", dict(type="notebook", format="json",
+                                                         content=model["content"]))
+        assert (REPO / copy).read_text() == (REPO / CHAPTER).read_text()
+    finally:
+        shutil.rmtree((REPO / copy).parent, ignore_errors=True)
+
+
 def test_lab_settings_open_py_as_notebook(lab):
     """The double-click viewer for .py is jupytext's notebook (jupyter-config/labconfig)."""
     plugin = lab.request("GET", "/lab/api/settings/@jupyterlab/docmanager-extension:plugin")

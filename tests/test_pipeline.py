@@ -26,6 +26,7 @@ def test_book_builds_then_cache_skips(isolated, tmp_path, capsys):
     assert pipeline.main([str(isolated)]) == 0
     out = capsys.readouterr().out
     assert re.search(r"01_data: done in [\d.]+ s", out)
+    assert re.search(r"\n    epoch 2/2 +train loss", out)  # the training chapter's progress, live
     html = tmp_path / "_build" / "html"
     page = (html / "01_data.html").read_text()
     # plotly figures are embedded with plotly.js inlined: no CDN.

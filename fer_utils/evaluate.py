@@ -34,6 +34,12 @@ from .datasets import REPO_ROOT, Dataset
 BALANCED_RATIO = 1.1  # a split is "balanced" when its largest class is at most 10% above its smallest
 
 
+def is_balanced(counts) -> bool:
+    """Every class present and the largest at most BALANCED_RATIO times the smallest."""
+    counts = np.asarray(counts)
+    return bool(counts.min() > 0 and counts.max() <= BALANCED_RATIO * counts.min())
+
+
 # -- predictions --------------------------------------------------------------
 
 @torch.no_grad()
@@ -195,7 +201,7 @@ def split_summary(y_true, y_pred, classes, train_majority: str | int, n_boot: in
              accuracy_ci=ci["accuracy"], balanced_accuracy_ci=ci["balanced_accuracy"], macro_f1_ci=ci["macro_f1"],
              n_boot=int(n_boot), majority_class=classes[majority], majority_accuracy=m_acc,
              majority_balanced_accuracy=m_bal, majority_macro_f1=m_f1,
-             balanced=bool(not absent and present.max() <= BALANCED_RATIO * present.min()),
+             balanced=is_balanced(counts),
              imbalance=float(present.max() / present.min()), min_count=int(present.min()),
              max_count=int(present.max()), absent_classes=absent,
              present_classes=[c for c, n in zip(classes, counts) if n > 0])

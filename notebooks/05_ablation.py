@@ -29,9 +29,10 @@ run_dir = None  # None: runs/<run_name>
 overrides = {}
 
 # %% tags=["remove-cell"]
+import numpy as np
 from IPython.display import Markdown, display
 
-from fer_utils import ablation, figures, notebook
+from fer_utils import ablation, evaluate, figures, notebook
 from fer_utils.datasets import open_dataset
 
 params, run_dir = notebook.start(params_file, run_dir, overrides)
@@ -44,12 +45,11 @@ if table is None:
     display(Markdown("This run's params name no ablation variants (`ablation` is empty), so this chapter has "
                      f"nothing to show. Valid variants: {', '.join(ablation.VARIANTS)}."))
 else:
-    val = ds.split("val")["label"].value_counts()
-    balanced = len(val) == len(ds.classes) and val.max() <= 1.1 * val.min()
+    balanced = evaluate.is_balanced(np.bincount(ds.split("val")["label"], minlength=len(ds.classes)))
     failed = table[table["status"] != "ok"]
-    epochs = table["epochs"].dropna()
+    budget = params["ablation_epochs"] or params["epochs"]
     display(Markdown(
-        f"{len(table)} variants, each trained for up to {params['ablation_epochs'] or params['epochs']} epochs "
+        f"{len(table)} variants, each trained for up to {budget} epoch{'s' if budget > 1 else ''} "
         f"on {len(ds.split('train')):,} training images and scored with its best epoch (by validation macro-F1) "
         f"on the **validation split** ({len(ds.split('val')):,} images, "
         + ("balanced: accuracy equals balanced accuracy" if balanced else

@@ -101,6 +101,12 @@ def test_balanced_split_says_accuracy_equals_balanced_accuracy():
     assert s["majority_accuracy"] == pytest.approx(1 / 8) and "balanced split" in s["protocol"]
 
 
+def test_is_balanced_needs_every_class_within_ten_percent():
+    assert evaluate.is_balanced([100, 110, 105])
+    assert not evaluate.is_balanced([100, 111, 105])
+    assert not evaluate.is_balanced([100, 0, 100])  # an absent class is not "balanced"
+
+
 def test_ece_and_temperature_scaling():
     rng = np.random.default_rng(0)
     n, k = 20000, 4

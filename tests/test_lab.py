@@ -82,11 +82,11 @@ def test_chapter_opens_as_notebook_with_project_kernel(lab):
 
 def test_saving_writes_the_same_text_and_no_outputs(lab):
     """Saving a chapter from Lab (here with an output added) rewrites the .py byte for byte: no
-    outputs, no version lines in the header. Saved to a gitignored copy, never over the chapter."""
+    outputs, no version lines in the header. Saved to a gitignored copy (test-artifacts/), never over the chapter."""
     model = lab.request("GET", f"/api/contents/{CHAPTER}?type=notebook&content=1")
     code = next(c for c in model["content"]["cells"] if c["cell_type"] == "code")
     code["outputs"] = [dict(output_type="stream", name="stdout", text="an output\n")]
-    copy = ".cache/lab-test/chapter.py"
+    copy = "test-artifacts/lab/chapter.py"
     (REPO / copy).parent.mkdir(parents=True, exist_ok=True)
     try:
         lab.request("PUT", f"/api/contents/{copy}", dict(type="notebook", format="json",

@@ -139,19 +139,21 @@ async def _execute(lab: Lab, kernel_id: str, code: str, timeout: float = 120) ->
     return "".join(out), reply
 
 
-def test_kernel_is_the_venv_and_runs_the_first_cells(lab):
-    """A python3 kernel started through the API is the venv's Python and runs the chapter's
-    parameters cell and its imports (the rest needs the data: covered by the book tests)."""
-    nb = jupytext.read(REPO / CHAPTER)
-    code_cells = [c.source for c in nb.cells if c.cell_type == "code"]
-    imports = "\n".join(line for line in code_cells[1].splitlines() if line.startswith(("from ", "import ")))
-    kernel = lab.request("POST", "/api/kernels", {"name": "python3"})
+def test_data_chapter_runs_top_to_bottom_with_its_defaults(lab):
+    """As a person would in Lab: the venv's python3 kernel, started in notebooks/, runs every cell
+    of the data chapter with no parameters injected (params/default.yaml, the built-in synthetic
+    data; this chapter writes nothing into runs/default)."""
+    cells = [c.source for c in jupytext.read(REPO / CHAPTER).cells if c.cell_type == "code"]
+    kernel = lab.request("POST", "/api/kernels", {"name": "python3", "path": "notebooks"})
     try:
-        out, reply = asyncio.run(_execute(lab, kernel["id"], code_cells[0] + "\n" + imports + "\n"
-                                          "import sys\nprint(sys.prefix)\nprint(params_file, run_dir, overrides)"))
+        for i, source in enumerate(cells):
+            out, reply = asyncio.run(_execute(lab, kernel["id"], source, timeout=300))
+            assert reply["status"] == "ok", f"code cell {i}: {out[-3000:]}"
+        out, reply = asyncio.run(_execute(lab, kernel["id"], "import os, sys\nprint(sys.prefix)\n"
+                                          "print(os.getcwd())\nprint(params['run_name'], params['dataset'])"))
     finally:
         lab.request("DELETE", f"/api/kernels/{kernel['id']}")
-    assert reply["status"] == "ok", out
-    prefix, defaults = out.strip().splitlines()[-2:]
+    prefix, cwd, defaults = out.strip().splitlines()[-3:]
     assert Path(prefix).resolve() == VENV.resolve()
-    assert defaults == "None None {}"
+    assert Path(cwd).resolve() == (REPO / "notebooks").resolve()
+    assert defaults == "default synthetic"

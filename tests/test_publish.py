@@ -9,7 +9,7 @@ import pytest
 
 from fer_utils.offline import css_offhost, offhost_references, strip_cdn_mathjax
 from fer_utils.publish import TARBALL, PublishError, check_offline, publish
-from fer_utils.sphinx_offline import clean_page
+from fer_utils.sphinx_offline import clean_page, externalise_plotly
 
 PLOTLY_MATHJAX = '<script src="https://cdnjs.cloudflare.com/ajax/libs/mathjax/3.2.2/es5/tex-svg.min.js"></script>'
 PAGE = f"""<html><head><link rel="stylesheet" href="_static/theme.css"><link rel="canonical" href="https://x.org/">
@@ -65,14 +65,27 @@ def test_publish_refuses_offhost_loads_and_keeps_the_last_site(html, tmp_path):
         publish(tmp_path / "nothing", out)
 
 
-def test_sphinx_extension_dedupes_inline_scripts_and_strips_mathjax():
+def test_sphinx_extension_dedupes_inline_scripts_and_strips_mathjax(tmp_path):
     def js(filename, **attributes):
         return SimpleNamespace(filename=filename, attributes=attributes)
 
     scripts = [js("_static/a.js"), js(None, body="const X = 1"), js("_static/b.js"), js("", body="const X = 1"),
                js("_static/a.js"), js(None, body="const Y = 2")]
-    context = dict(body=f"<p>figure</p>{PLOTLY_MATHJAX}", script_files=scripts)
-    clean_page(None, "index", "page.html", context, None)
+    context = dict(body=f"<p>figure</p>{PLOTLY_MATHJAX}", script_files=scripts, pathto=lambda name, _: name)
+    clean_page(SimpleNamespace(outdir=tmp_path), "index", "page.html", context, None)
     assert context["body"] == "<p>figure</p>"
     assert [(s.filename, s.attributes.get("body")) for s in context["script_files"]] == [
         ("_static/a.js", None), (None, "const X = 1"), ("_static/b.js", None), (None, "const Y = 2")]
+
+
+def test_plotly_bundle_moves_to_one_static_file(tmp_path):
+    bundle = "/**\n* plotly.js v4.1.1\n*/\n(function(){ window.Plotly = {}; })();"
+    figure = '<div id="f"></div><script>Plotly.newPlot("f", [])</script>'
+    static = tmp_path / "_static"
+    pages = [externalise_plotly(f"<script>window.PlotlyConfig = {{}};</script><script>{bundle}</script>{figure}",
+                                static, lambda name, _: f"../{name}") for _ in range(2)]
+    assert pages[0] == pages[1] == ('<script>window.PlotlyConfig = {};</script>'
+                                    f'<script src="../_static/plotly-4.1.1.min.js"></script>{figure}')
+    assert [p.name for p in static.iterdir()] == ["plotly-4.1.1.min.js"]
+    assert (static / "plotly-4.1.1.min.js").read_text() == bundle
+    assert externalise_plotly(figure, static, None) == figure  # no bundle on this page: unchanged

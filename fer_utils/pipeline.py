@@ -273,8 +273,9 @@ def _copy_for_book(executed: Path, target: Path) -> None:
     """Copy an executed notebook, dropping plotly's JSON twin of outputs that also carry HTML.
 
     myst-nb parses every mime type of an output and warns on the plotly JSON one, which -W
-    turns into a failure; the HTML (with plotly.js inlined) is what the book shows. An output
-    with only the JSON (a figure that would vanish) keeps it, so the build still fails on it.
+    turns into a failure; the HTML (plotly.js inlined, moved to _static by sphinx_offline) is
+    what the book shows. An output with only the JSON (a figure that would vanish) keeps it, so
+    the build still fails on it.
     """
     import nbformat
 

@@ -29,9 +29,11 @@ def test_book_builds_then_cache_skips(isolated, tmp_path, capsys):
     assert re.search(r"\n    epoch 2/2 +train loss", out)  # the training chapter's progress, live
     html = tmp_path / "_build" / "html"
     page = (html / "01_data.html").read_text()
-    # plotly figures are embedded with plotly.js inlined: no CDN.
+    # plotly figures load plotly.js from one local copy in _static (sphinx_offline): no CDN, no inlined bundle.
     assert page.count('class="plotly-graph-div"') >= 3
     assert "Plotly.newPlot" in page and not re.search(r'<script[^>]+src="https?://[^"]*plot', page)
+    bundle = re.search(r'<script src="(_static/plotly-[\w.-]+\.min\.js)"></script>', page)
+    assert bundle and (html / bundle.group(1)).stat().st_size > 1_000_000 and "* plotly.js v" not in page
     index = (html / "index.html").read_text()
     run = tmp_path / "runs" / "tiny"
     prov = json.loads((run / "provenance.json").read_text())

@@ -18,7 +18,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 # Execute the notebooks with PARAMS (cached) and build the book into _build/html.
 book: $(STAMP)
-	$(PY) -m fer_utils.pipeline $(PARAMS) $(ARGS)
+	$(PY) -m fer_utils book $(PARAMS) $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -37,7 +37,7 @@ lab: $(STAMP)
 # A self-contained copy of the last built book (make book first) that works offline, from any web
 # server or from disk: _build/publish/site/ and _build/publish/fer-book.tar.gz.
 publish: $(STAMP)
-	$(PY) -m fer_utils.publish
+	$(PY) -m fer_utils publish
 
 # The image-upload demo (notebooks/06_demo.py) as an app: Voila on http://127.0.0.1:$(DEMO_PORT)/ (localhost
 # only). It uses runs/<run_name>/best.pt of PARAMS when that exists, else the bundled model. The notebook is
@@ -45,7 +45,7 @@ publish: $(STAMP)
 DEMO_PORT ?= 8866
 .PHONY: demo
 demo: $(STAMP)
-	$(PY) -m fer_utils.demo $(PARAMS) --port $(DEMO_PORT)
+	$(PY) -m fer_utils demo $(PARAMS) --port $(DEMO_PORT)
 
 clean:
 	rm -rf _build runs .cache/decoded

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fer_utils import faces, predict
-from fer_utils.labels import EMOTIONS
-from fer_utils.models import count_parameters, create_model
+from fer_utils.app import faces, predict
+from fer_utils.data.labels import EMOTIONS
+from fer_utils.engine.models import count_parameters, create_model
 
 TARGET_MS = 100.0
 

@@ -3,7 +3,7 @@
     python benchmarks/train_throughput.py [--steps 6] [--repeats 3] [--batch-size 128]
 
 "model only": forward + backward + optimiser step on a normalised float batch already in
-memory. "loop": fer_utils.train.train_one_epoch on uint8 images in memory: batch gathering,
+memory. "loop": fer_utils.engine.train.train_one_epoch on uint8 images in memory: batch gathering,
 every augmentation on, normalisation, loss bookkeeping, per-step NaN check, scheduler.
 The ratio says what the input pipeline costs (target: loop >= 90% of model only).
 Each figure is the best of `repeats` alternating runs: on shared cores the best run is the
@@ -19,9 +19,9 @@ import time
 import torch
 from torch import nn
 
-from fer_utils import train
-from fer_utils.models import create_model
-from fer_utils.params import DEFAULTS
+from fer_utils.engine import optim, sampling, train, transforms
+from fer_utils.engine.models import create_model
+from fer_utils.config.params import DEFAULTS
 
 AUGMENT = dict(aug_flip=True, aug_rotate=10.0, aug_crop=0.8, aug_jitter=0.2, aug_blur=0.2, aug_erasing=0.25)
 
@@ -30,8 +30,8 @@ def setup(name: str, width: int, size: int, batch_size: int, steps: int):
     params = dict(DEFAULTS, model=name, width=width, image_size=size, batch_size=batch_size, epochs=1000, **AUGMENT)
     torch.manual_seed(0)
     model = create_model(name, 7, 1, size, width).to(memory_format=torch.channels_last)
-    optimizer = train.make_optimizer(model, params)
-    scheduler = train.make_scheduler(optimizer, params, steps)
+    optimizer = optim.make_optimizer(model, params)
+    scheduler = optim.make_scheduler(optimizer, params, steps)
     return params, model, optimizer, scheduler
 
 
@@ -57,15 +57,15 @@ def full_loop(name, width, size, batch_size, steps, clock=time.perf_counter) -> 
     n = (steps + 1) * batch_size
     x = torch.randint(0, 256, (n, 1, size, size), dtype=torch.uint8)
     y = torch.randint(0, 7, (n,))
-    batches = train.batch_indices(train.epoch_order(y.numpy(), 7, params, epoch=1), batch_size)
+    batches = sampling.batch_indices(sampling.epoch_order(y.numpy(), 7, params, epoch=1), batch_size)
     criterion = nn.CrossEntropyLoss()
     device = torch.device("cpu")
     # warm-up step outside the timing, as for model_only
-    train.train_one_epoch(model, optimizer, scheduler, criterion, train.iterate_batches(x, y, batches[:1], device),
+    train.train_one_epoch(model, optimizer, scheduler, criterion, sampling.iterate_batches(x, y, batches[:1], device),
                           params, 1, device, 1)
     start = clock()
     stats = train.train_one_epoch(model, optimizer, scheduler, criterion,
-                                  train.iterate_batches(x, y, batches[1:], device), params, 1, device, steps)
+                                  sampling.iterate_batches(x, y, batches[1:], device), params, 1, device, steps)
     return stats["seen"] / (clock() - start)
 
 
@@ -75,11 +75,11 @@ def pipeline_only(size, batch_size, steps, clock=time.perf_counter) -> float:
     n = (steps + 1) * batch_size
     x = torch.randint(0, 256, (n, 1, size, size), dtype=torch.uint8)
     y = torch.randint(0, 7, (n,))
-    batches = train.batch_indices(train.epoch_order(y.numpy(), 7, params, epoch=1), batch_size)
+    batches = sampling.batch_indices(sampling.epoch_order(y.numpy(), 7, params, epoch=1), batch_size)
     g = torch.Generator().manual_seed(0)
     start = clock()
-    for xb, _ in train.iterate_batches(x, y, batches, torch.device("cpu")):
-        train.prepare_batch(xb, params, g)
+    for xb, _ in sampling.iterate_batches(x, y, batches, torch.device("cpu")):
+        transforms.prepare_batch(xb, params, g)
     return n / (clock() - start)
 
 

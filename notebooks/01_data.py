@@ -27,9 +27,11 @@ overrides = {}
 # %% tags=["remove-cell"]
 from IPython.display import Markdown, display
 
-from fer_utils import explore, figures, notebook
-from fer_utils.datasets import open_dataset
-from fer_utils.images import load_split
+from fer_utils.analysis import figures
+from fer_utils.book import notebook
+from fer_utils.data import explore
+from fer_utils.data.datasets import open_dataset
+from fer_utils.data.images import load_split
 
 params, run_dir = notebook.start(params_file, run_dir, overrides)
 ds = open_dataset(params)

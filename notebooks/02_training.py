@@ -29,8 +29,10 @@ overrides = {}
 # %% tags=["remove-cell"]
 from IPython.display import Markdown, display
 
-from fer_utils import figures, notebook, train
-from fer_utils.datasets import open_dataset
+from fer_utils.analysis import figures
+from fer_utils.book import notebook
+from fer_utils.engine import runtime, train
+from fer_utils.data.datasets import open_dataset
 
 params, run_dir = notebook.start(params_file, run_dir, overrides)
 ds = open_dataset(params)
@@ -46,7 +48,7 @@ balanced = val_counts.max() <= 1.1 * val_counts.min() and len(val_counts) == len
 display(Markdown(
     f"**{params['model']}** (width {params['width']}) on {len(ds.split('train')):,} training images of "
     f"{len(ds.classes)} classes at {params['image_size']} px, {len(history)} epochs, "
-    f"{how}; {result['images_per_s']:,.0f} training images/s on {train.select_device(params['device'])}.\n\n"
+    f"{how}; {result['images_per_s']:,.0f} training images/s on {runtime.select_device(params['device'])}.\n\n"
     f"Best epoch **{best}** (by validation macro-F1). On the **validation split** "
     f"({'balanced: accuracy and balanced accuracy coincide' if balanced else 'imbalanced: read balanced accuracy and macro-F1, not accuracy alone'}): "
     f"accuracy {row['val_accuracy']:.1%}, balanced accuracy {row['val_balanced_accuracy']:.1%}, "

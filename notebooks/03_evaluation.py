@@ -29,9 +29,10 @@ overrides = {}
 # %% tags=["remove-cell"]
 from IPython.display import Markdown, display
 
-from fer_utils import evaluate, figures, notebook
-from fer_utils.datasets import open_dataset
-from fer_utils.train import select_device
+from fer_utils.analysis import evaluate, figures
+from fer_utils.book import notebook
+from fer_utils.data.datasets import open_dataset
+from fer_utils.engine.runtime import select_device
 
 params, run_dir = notebook.start(params_file, run_dir, overrides)
 ds = open_dataset(params)

@@ -31,10 +31,11 @@ import json
 import numpy as np
 from IPython.display import Markdown, display
 
-from fer_utils import calibration, evaluate, figures, notebook, saliency
-from fer_utils.datasets import open_dataset
-from fer_utils.images import load_split
-from fer_utils.train import select_device
+from fer_utils.analysis import calibration, evaluate, figures, saliency
+from fer_utils.book import notebook
+from fer_utils.data.datasets import open_dataset
+from fer_utils.data.images import load_split
+from fer_utils.engine.runtime import select_device
 
 params, run_dir = notebook.start(params_file, run_dir, overrides)
 ds = open_dataset(params)

@@ -32,8 +32,9 @@ overrides = {}
 import numpy as np
 from IPython.display import Markdown, display
 
-from fer_utils import ablation, evaluate, figures, notebook
-from fer_utils.datasets import open_dataset
+from fer_utils.analysis import ablation, evaluate, figures
+from fer_utils.book import notebook
+from fer_utils.data.datasets import open_dataset
 
 params, run_dir = notebook.start(params_file, run_dir, overrides)
 ds = open_dataset(params)

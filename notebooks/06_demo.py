@@ -32,7 +32,8 @@ overrides = {}
 # %% tags=["remove-cell"]
 from IPython.display import Markdown, display
 
-from fer_utils import demo, notebook
+from fer_utils.app import demo
+from fer_utils.book import notebook
 
 params, run_dir = notebook.start(params_file, run_dir, overrides)
 models, problems = demo.load_models(run_dir)
@@ -64,7 +65,7 @@ display(app.widget)
 # The astronaut portrait that ships with scikit-image (NASA, public domain).
 
 # %% tags=["remove-input"]
-from fer_utils import predict
+from fer_utils.app import predict
 
 if models:
     for source, predictor in models.items():

@@ -15,7 +15,7 @@
 # # Model card: the bundled model
 #
 # The package ships one small trained model, used by the upload demo and by
-# `python -m fer_utils.predict` when no checkpoint of your own is given. This
+# `python -m fer_utils.app.predict` when no checkpoint of your own is given. This
 # page describes it from what its checkpoint file records: the model, the
 # parameters and data it was trained with, and its validation scores with the
 # protocol they were measured under. Nothing here is typed in by hand, so the
@@ -25,7 +25,7 @@
 params_file = None  # None: params/default.yaml
 run_dir = None  # None: runs/<run_name>
 overrides = {}
-checkpoint = None  # None: the bundled model (fer_utils.predict.BUNDLED_CHECKPOINT)
+checkpoint = None  # None: the bundled model (fer_utils.app.predict.BUNDLED_CHECKPOINT)
 
 # %% tags=["remove-cell"]
 import hashlib
@@ -35,11 +35,13 @@ import pandas as pd
 import yaml
 from IPython.display import Markdown, display
 
-from fer_utils import figures, notebook, predict
-from fer_utils.datasets import REPO_ROOT
-from fer_utils.labels import EMOTIONS
-from fer_utils.models import count_parameters
-from fer_utils.params import DEFAULTS
+from fer_utils.analysis import figures
+from fer_utils.app import predict
+from fer_utils.book import notebook
+from fer_utils.paths import REPO_ROOT
+from fer_utils.data.labels import EMOTIONS
+from fer_utils.engine.models import count_parameters
+from fer_utils.config.params import DEFAULTS
 
 params, run_dir = notebook.start(params_file, run_dir, overrides)
 path = Path(checkpoint) if checkpoint else predict.BUNDLED_CHECKPOINT

@@ -62,9 +62,9 @@ def tiny_checkpoint(path, dataset: str = "folders", model: str = "resnet", width
     """An untrained checkpoint in the training engine's own format (create_model + save_checkpoint)."""
     import torch
 
-    from fer_utils.models import create_model
-    from fer_utils.params import DEFAULTS
-    from fer_utils.train import CHECKPOINT_FORMAT, save_checkpoint
+    from fer_utils.engine.models import create_model
+    from fer_utils.config.params import DEFAULTS
+    from fer_utils.engine.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 
     torch.manual_seed(seed)
     net = create_model(model, len(FER2013_CLASSES), channels, image_size, width=width)

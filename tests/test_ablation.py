@@ -7,8 +7,10 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
 from conftest import TINY
-from fer_utils import ablation, evaluate, params as params_mod, train
-from fer_utils.datasets import open_dataset
+from fer_utils.analysis import ablation, evaluate
+from fer_utils.config import params as params_mod
+from fer_utils.engine import runtime, train
+from fer_utils.data.datasets import open_dataset
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +69,7 @@ def test_a_failing_variant_is_reported_and_the_others_still_run(tiny, monkeypatc
 
     def fit(vp, data, out):
         if vp["model"] == "baseline_cnn":
-            raise train.TrainingError("loss became nan at epoch 1")
+            raise runtime.TrainingError("loss became nan at epoch 1")
         return real_fit(vp, data, out)
 
     monkeypatch.setattr(train, "fit", fit)

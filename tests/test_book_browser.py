@@ -19,8 +19,8 @@ import yaml
 
 from browser import PageWatch, chromium_or_skip, launch, serve_dir
 from conftest import TINY
-from fer_utils import pipeline
-from fer_utils.publish import TARBALL, check_offline, publish
+from fer_utils.book import pipeline
+from fer_utils.book.publish import TARBALL, check_offline, publish
 
 pytestmark = pytest.mark.slow
 
@@ -127,7 +127,7 @@ def test_book_pages_render_in_browser(book, browser):
     assert {"index", "01_data"} <= set(book.order) and set(book.order) <= set(book.pages)
     data_page = (book.html / "01_data.html").read_text()
     assert data_page.count('class="plotly-graph-div"') >= 3
-    assert "cdnjs" not in data_page and data_page.count("THEBE_JS_URL =") == 1  # fer_utils.sphinx_offline ran
+    assert "cdnjs" not in data_page and data_page.count("THEBE_JS_URL =") == 1  # fer_utils.book.sphinx_offline ran
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     try:
         with serve_dir(book.html) as base:

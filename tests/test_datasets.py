@@ -8,12 +8,12 @@ import pandas as pd
 import pytest
 
 from conftest import FER_DATA_DIR, face
-from fer_utils import labels
-from fer_utils.datasets import (DataError, fingerprint, open_dataset, read_affectnet_csv, read_affectnet_mini,
+from fer_utils.data import labels
+from fer_utils.data.datasets import (DataError, fingerprint, open_dataset, read_affectnet_csv, read_affectnet_mini,
                                 read_fer2013_csv, read_ferplus, read_folders)
-from fer_utils.explore import class_counts, majority_baseline
-from fer_utils.images import load_split
-from fer_utils.params import resolve
+from fer_utils.data.explore import class_counts, majority_baseline
+from fer_utils.data.images import load_split
+from fer_utils.config.params import resolve
 
 
 def test_labels_map_by_name_not_position():
@@ -88,7 +88,7 @@ def test_affectnet_csv_crops_to_face_box(affectnet_csv):
     assert ds.classes == ("neutral", "happy", "sad", "surprise", "anger", "contempt")
     assert sorted(ds.skipped["reason"]) == ["file not found", "not an emotion: 8 (none)"]
     ds.fingerprint = fingerprint(ds)
-    from fer_utils.images import open_image
+    from fer_utils.data.images import open_image
     assert open_image(ds, ds.frame.iloc[0]).size == (20, 24)
     x, _, _ = load_split(ds, "val", 32, channels=3, cache=False)
     assert x.shape == (3, 3, 32, 32)
@@ -182,7 +182,7 @@ def test_real_ferplus_has_eight_classes():
 
 
 def test_synthetic_output_read_back_by_affectnet_mini_reader(tmp_path):
-    from fer_utils import synthetic
+    from fer_utils.data import synthetic
     root = synthetic.generate(tmp_path / "syn", n_train=400, n_val=40, size=32, seed=3)
     ds = read_affectnet_mini(root, fmt="synthetic")
     assert ds.classes == labels.EMOTIONS and ds.skipped.empty

@@ -9,7 +9,7 @@ import nbformat
 import pytest
 import torch
 
-from fer_utils import demo, predict
+from fer_utils.app import demo, predict
 from photos import FER2013_CLASSES, tiny_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,7 +46,7 @@ def test_app_widgets(tmp_path):
 
 
 def test_sample_photo_is_the_astronaut():
-    from fer_utils.faces import read_image
+    from fer_utils.app.faces import read_image
     assert read_image(demo.sample_photo()).size == (512, 512)
 
 

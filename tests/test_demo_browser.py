@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from browser import PageWatch, chromium_or_skip, free_port, launch, start_server, stop_server
-from fer_utils import demo
+from fer_utils.app import demo
 from photos import astronaut, noise, tiny_checkpoint
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"

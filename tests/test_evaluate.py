@@ -12,11 +12,12 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, f1_score, 
                              precision_recall_fscore_support)
 
 from conftest import FER_DATA_DIR
-from fer_utils import calibration, evaluate, saliency, train
-from fer_utils.datasets import open_dataset, read_folders
-from fer_utils.params import resolve
-from fer_utils.labels import EMOTIONS
-from fer_utils.models import create_model
+from fer_utils.analysis import calibration, evaluate, saliency
+from fer_utils.engine import checkpoint, train
+from fer_utils.data.datasets import open_dataset, read_folders
+from fer_utils.config.params import resolve
+from fer_utils.data.labels import EMOTIONS
+from fer_utils.engine.models import create_model
 
 CLASSES = list(EMOTIONS)
 REPO = Path(__file__).resolve().parent.parent
@@ -155,12 +156,12 @@ def test_predict_normalises_as_training_does():
     y = np.arange(10) % 3
     probs = evaluate.predict(model, x, batch_size=4, device="cpu")
     assert probs.shape == (10, 3) and np.allclose(probs.sum(1), 1)
-    reference = train.evaluate(model, torch.from_numpy(x), torch.from_numpy(y), 3, torch.device("cpu"))
+    reference = train.validate(model, torch.from_numpy(x), torch.from_numpy(y), 3, torch.device("cpu"))
     assert (probs.argmax(1) == reference["y_pred"]).all()
 
 
 def _checkpoint(path, classes, model):
-    train.save_checkpoint(dict(format=train.CHECKPOINT_FORMAT, model_config=model.config,
+    checkpoint.save_checkpoint(dict(format=checkpoint.CHECKPOINT_FORMAT, model_config=model.config,
                                model=model.state_dict(), classes=list(classes), fingerprint="x"), path)
 
 
@@ -175,7 +176,7 @@ def test_checkpoint_with_other_classes_is_a_clear_error(folders_dataset, tmp_pat
 
     other = ["neutral", "happy", "sad", "surprise"]
     _checkpoint(run / "last.pt", other, model)
-    with pytest.raises(train.CheckpointError) as err:
+    with pytest.raises(checkpoint.CheckpointError) as err:
         evaluate.load_for_evaluation(dict(checkpoint="last"), run, ds)
     assert str(other) in str(err.value) and str(list(ds.classes)) in str(err.value)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
@@ -183,7 +184,7 @@ def test_checkpoint_with_other_classes_is_a_clear_error(folders_dataset, tmp_pat
 
 
 def test_figures_build_with_class_names(tmp_path):
-    from fer_utils import figures
+    from fer_utils.analysis import figures
 
     y, probs = fake_predictions(n=120, seed=4)
     frame = evaluate.predictions_frame([f"{i}" for i in range(len(y))], y, probs, CLASSES)

@@ -1,4 +1,4 @@
-"""Reading uploads safely, finding faces, cropping them as in training (fer_utils.faces)."""
+"""Reading uploads safely, finding faces, cropping them as in training (fer_utils.app.faces)."""
 from __future__ import annotations
 
 import time
@@ -8,8 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from fer_utils import faces, images, train
-from fer_utils.faces import Face, ImageError
+from fer_utils.app import faces
+from fer_utils.data import images
+from fer_utils.engine import train, transforms
+from fer_utils.app.faces import Face, ImageError
 from photos import FACE, astronaut, encode, face_tiles, iou, noise, png_header
 
 
@@ -196,7 +198,7 @@ def test_crops_use_the_training_decoder_and_normalisation(channels):
     np.testing.assert_array_equal(crop, images.to_array(im, 48, channels))
     crops, x = faces.model_input(im, [whole, whole], 48, channels)
     assert crops.shape == (2, channels, 48, 48)
-    torch.testing.assert_close(x, train.prepare_batch(torch.from_numpy(crops)))
+    torch.testing.assert_close(x, transforms.prepare_batch(torch.from_numpy(crops)))
     assert -1 <= x.min() and x.max() <= 1
 
 

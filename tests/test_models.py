@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torchvision.ops import DropBlock2d
 
-from fer_utils.models import MODELS, StridedPointwise, create_model, resnet18_weights_path
+from fer_utils.engine.models import MODELS, StridedPointwise, create_model, resnet18_weights_path
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -78,7 +78,7 @@ def test_small_resnet_trains_in_channels_last_on_cpu():
     gradient); run in a child process so a crash fails this test instead of killing the suite."""
     code = (
         "import torch\n"
-        "from fer_utils.models import create_model\n"
+        "from fer_utils.engine.models import create_model\n"
         "torch.set_num_threads(1)\n"
         "m = create_model('resnet', 7, 1, 48, 8).to(memory_format=torch.channels_last)\n"
         "x = torch.randn(16, 1, 48, 48).contiguous(memory_format=torch.channels_last)\n"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from fer_utils.params import DEFAULTS, ParamsError, parse_override, resolve
+from fer_utils.config.params import DEFAULTS, ParamsError, parse_override, resolve
 
 REPO = Path(__file__).resolve().parent.parent
 

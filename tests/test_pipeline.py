@@ -7,7 +7,7 @@ import re
 import pytest
 
 from conftest import TINY
-from fer_utils import pipeline
+from fer_utils.book import pipeline
 
 
 
@@ -114,15 +114,16 @@ def test_bad_params_fail_before_any_work(isolated, tmp_path, capsys):
 
 def test_code_hash_follows_the_executed_code_and_the_bundled_weights(tmp_path, monkeypatch):
     package = tmp_path / "fer_utils"
-    (package / "weights").mkdir(parents=True)
-    (package / "train.py").write_text("x = 1\n")
-    (package / "publish.py").write_text("y = 1\n")
+    for sub in ("weights", "engine", "book"):
+        (package / sub).mkdir(parents=True)
+    (package / "engine" / "train.py").write_text("x = 1\n")
+    (package / "book" / "publish.py").write_text("y = 1\n")
     monkeypatch.setattr(pipeline, "REPO_ROOT", tmp_path)
-    first = pipeline._code_hash()
-    (package / "publish.py").write_text("y = 2\n")  # publishing code: the chapters need not re-execute
-    assert pipeline._code_hash() == first
+    first = pipeline.code_hash()
+    (package / "book" / "publish.py").write_text("y = 2\n")  # book tooling code: the chapters need not re-execute
+    assert pipeline.code_hash() == first
     (package / "weights" / "model.pt").write_bytes(b"weights")  # the demo and model card use it
-    second = pipeline._code_hash()
+    second = pipeline.code_hash()
     assert second != first
-    (package / "train.py").write_text("x = 2\n")
-    assert pipeline._code_hash() not in (first, second)
+    (package / "engine" / "train.py").write_text("x = 2\n")
+    assert pipeline.code_hash() not in (first, second)

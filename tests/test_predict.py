@@ -1,4 +1,4 @@
-"""Predictions for uploaded photos (fer_utils.predict): which checkpoint, the API and the CLI's JSON lines."""
+"""Predictions for uploaded photos (fer_utils.app.predict): which checkpoint, the API and the CLI's JSON lines."""
 from __future__ import annotations
 
 import json
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fer_utils import faces, predict
-from fer_utils.train import CheckpointError
+from fer_utils.app import faces, predict
+from fer_utils.engine.checkpoint import CheckpointError
 from photos import FACE, FER2013_CLASSES, astronaut, encode, face_tiles, iou, noise, png_header, tiny_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
@@ -128,7 +128,7 @@ def test_predict_image_bad_upload_raises_image_error(predictor):
 
 def _cli(*args):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "fer_utils.predict", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "fer_utils.app.predict", *map(str, args)], capture_output=True,
                           text=True, env=env, cwd=REPO, timeout=300)
 
 
@@ -209,8 +209,11 @@ def test_bundled_model_is_in_the_package_data():
 
 def test_export_keeps_what_predicting_needs_and_nothing_machine_specific(tmp_path, one_thread):
     from conftest import TINY
-    from fer_utils import evaluate, export, params as params_mod, train
-    from fer_utils.datasets import open_dataset
+    from fer_utils.analysis import evaluate
+    from fer_utils.app import export
+    from fer_utils.config import params as params_mod
+    from fer_utils.engine import train
+    from fer_utils.data.datasets import open_dataset
 
     params_file = tmp_path / "tiny.yaml"
     params_file.write_text(TINY + f"data_dir: {tmp_path / 'synthetic'}\n")

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from fer_utils.offline import css_offhost, offhost_references, strip_cdn_mathjax
-from fer_utils.publish import TARBALL, PublishError, check_offline, publish
-from fer_utils.sphinx_offline import clean_page, externalise_plotly
+from fer_utils.book.offline import css_offhost, offhost_references, strip_cdn_mathjax
+from fer_utils.book.publish import TARBALL, PublishError, check_offline, publish
+from fer_utils.book.sphinx_offline import clean_page, externalise_plotly
 
 PLOTLY_MATHJAX = '<script src="https://cdnjs.cloudflare.com/ajax/libs/mathjax/3.2.2/es5/tex-svg.min.js"></script>'
 PAGE = f"""<html><head><link rel="stylesheet" href="_static/theme.css"><link rel="canonical" href="https://x.org/">

@@ -1,4 +1,4 @@
-"""Tests of the built-in synthetic dataset (fer_utils.synthetic)."""
+"""Tests of the built-in synthetic dataset (fer_utils.data.synthetic)."""
 from __future__ import annotations
 
 import hashlib
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fer_utils import synthetic
-from fer_utils.synthetic import AFFECTNET_SHARES, class_counts, generate, render_face
+from fer_utils.data import synthetic
+from fer_utils.data.synthetic import AFFECTNET_SHARES, class_counts, generate, render_face
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = dict(n_train=80, n_val=16, size=40)
@@ -92,7 +92,7 @@ def test_valence_sign_follows_expression():
 
 def test_layout_counts_and_annotations(small):
     meta = json.loads((small / "synthetic.json").read_text())
-    assert meta["generator"] == "fer_utils.synthetic"
+    assert meta["generator"] == "fer_utils.data.synthetic"
     assert (small / "README.md").is_file()
     for split, n, balanced in (("train_set", 80, False), ("val_set", 16, True)):
         ids = _split(small, split)
@@ -186,7 +186,7 @@ def test_zero_val_is_allowed(tmp_path):
 
 def test_cli(tmp_path):
     out = tmp_path / "cli"
-    cmd = [sys.executable, "-m", "fer_utils.synthetic", "--out", str(out), "--n-train", "24",
+    cmd = [sys.executable, "-m", "fer_utils.data.synthetic", "--out", str(out), "--n-train", "24",
            "--n-val", "8", "--size", "32", "--seed", "3"]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr

@@ -15,10 +15,13 @@ import torch
 import yaml
 from PIL import Image
 
-from fer_utils import images, metrics, train
-from fer_utils.datasets import REPO_ROOT, open_dataset
-from fer_utils.models import create_model
-from fer_utils.params import resolve
+from fer_utils import metrics
+from fer_utils.data import images
+from fer_utils.engine import checkpoint, models, optim, runtime, sampling, train, transforms
+from fer_utils.data.datasets import open_dataset
+from fer_utils.paths import REPO_ROOT
+from fer_utils.engine.models import create_model
+from fer_utils.config.params import resolve
 
 CLASSES = ("anger", "happy", "sad", "neutral")
 TRAIN_COUNTS = (20, 12, 8, 4)  # imbalanced on purpose
@@ -76,7 +79,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(data_root, tmp_path,
     whole = fit(params, tmp_path / "whole")
 
     # Interrupt in the middle of epoch 3 (3 steps per epoch: the 8th training batch).
-    real_prepare, calls = train.prepare_batch, [0]
+    real_prepare, calls = transforms.prepare_batch, [0]
 
     def interrupted(x, params=None, g=None, **kw):
         if g is not None:
@@ -120,7 +123,7 @@ def test_checkpoint_is_plain_data_and_outputs_are_written(data_root, tmp_path):
     assert list(history.columns) == list(train.HISTORY_COLUMNS) and len(history) == 2
     assert resolve(tmp_path / "run" / "params.yaml")["aug_flip"] is True
     assert not list((tmp_path / "run").glob("*.tmp"))
-    model, _ = train.load_model(result["best_checkpoint"])
+    model, _ = checkpoint.load_model(result["best_checkpoint"])
     assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 4)
     assert result["images_per_s"] > 0 and 0 <= result["best_metrics"]["val_macro_f1"] <= 1
 
@@ -137,10 +140,10 @@ def test_reuse_ignores_non_training_keys_but_not_training_ones(data_root, tmp_pa
 
 def test_resume_refuses_a_checkpoint_for_other_params(data_root, tmp_path):
     params = make_params(data_root, epochs=1)
-    with pytest.raises(train.CheckpointError, match="cannot resume: no checkpoint"):
+    with pytest.raises(checkpoint.CheckpointError, match="cannot resume: no checkpoint"):
         train.fit(params, open_dataset(params), tmp_path / "run", resume=True)
     fit(params, tmp_path / "run")
-    with pytest.raises(train.CheckpointError, match="other params .*width: 8 -> 16"):
+    with pytest.raises(checkpoint.CheckpointError, match="other params .*width: 8 -> 16"):
         train.fit({**params, "width": 16}, open_dataset(params), tmp_path / "run", resume=True)
 
 
@@ -166,7 +169,7 @@ def test_early_stopping_on_val_macro_f1(data_root, tmp_path, capsys):
 
 def poisoned_factory(monkeypatch, after: int, error=None):
     """Make create_model's model return NaN (or raise `error`) from its `after`-th training forward."""
-    real, calls = train.create_model, [0]
+    real, calls = models.create_model, [0]
 
     def factory(*args, **kwargs):
         model = real(*args, **kwargs)
@@ -191,7 +194,7 @@ def poisoned_factory(monkeypatch, after: int, error=None):
 def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(data_root, tmp_path, monkeypatch):
     params = make_params(data_root, lr=0.01)
     poisoned_factory(monkeypatch, after=5)  # epoch 2, step 2
-    with pytest.raises(train.TrainingError, match=r"non-finite training loss in epoch 2, step 2 .*lower lr"):
+    with pytest.raises(runtime.TrainingError, match=r"non-finite training loss in epoch 2, step 2 .*lower lr"):
         fit(params, tmp_path / "run")
     ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert ckpt["epoch"] == 1 and not ckpt["finished"]
@@ -201,70 +204,70 @@ def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(data_root, tmp_p
 
 def test_out_of_memory_suggests_a_smaller_batch(data_root, tmp_path, monkeypatch):
     poisoned_factory(monkeypatch, after=1, error=torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate"))
-    with pytest.raises(train.TrainingError, match="out of memory .*batch_size=16.* -p batch_size=8"):
+    with pytest.raises(runtime.TrainingError, match="out of memory .*batch_size=16.* -p batch_size=8"):
         fit(make_params(data_root), tmp_path / "run")
 
 
 def test_forcing_a_missing_gpu_is_an_error(data_root, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(train.TrainingError, match="device=cuda was requested but no CUDA GPU"):
-        train.select_device("cuda")
-    with pytest.raises(train.TrainingError, match="no CUDA GPU"):
+    with pytest.raises(runtime.TrainingError, match="device=cuda was requested but no CUDA GPU"):
+        runtime.select_device("cuda")
+    with pytest.raises(runtime.TrainingError, match="no CUDA GPU"):
         fit(make_params(data_root, device="cuda"), tmp_path / "run")
     with pytest.raises(SystemExit, match="error: device=cuda was requested"):  # the CLI: a message, no traceback
         train.main(["-p", "device=cuda", "--out", str(tmp_path / "run")])
     if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        assert train.select_device("auto") == torch.device("cpu")
+        assert runtime.select_device("auto") == torch.device("cpu")
 
 
 def test_loading_a_checkpoint_for_another_model_or_classes_fails_clearly(data_root, tmp_path):
     result = fit(make_params(data_root, epochs=1), tmp_path / "run")
     path, classes = result["last_checkpoint"], ["neutral", "happy", "sad", "anger"]
-    train.load_checkpoint(path, create_model("resnet", 4, 1, 32, 8), classes)  # the right one loads
-    with pytest.raises(train.CheckpointError, match="name expected 'baseline_cnn', found 'resnet'"):
-        train.load_checkpoint(path, create_model("baseline_cnn", 4, 1, 32, 8), classes)
-    with pytest.raises(train.CheckpointError, match="num_classes expected 7, found 4"):
-        train.load_checkpoint(path, create_model("resnet", 7, 1, 32, 8))
-    with pytest.raises(train.CheckpointError, match=r"trained on classes \['neutral'.*expected \['anger'"):
-        train.load_checkpoint(path, classes=["anger", "happy", "sad", "neutral"])
+    checkpoint.load_checkpoint(path, create_model("resnet", 4, 1, 32, 8), classes)  # the right one loads
+    with pytest.raises(checkpoint.CheckpointError, match="name expected 'baseline_cnn', found 'resnet'"):
+        checkpoint.load_checkpoint(path, create_model("baseline_cnn", 4, 1, 32, 8), classes)
+    with pytest.raises(checkpoint.CheckpointError, match="num_classes expected 7, found 4"):
+        checkpoint.load_checkpoint(path, create_model("resnet", 7, 1, 32, 8))
+    with pytest.raises(checkpoint.CheckpointError, match=r"trained on classes \['neutral'.*expected \['anger'"):
+        checkpoint.load_checkpoint(path, classes=["anger", "happy", "sad", "neutral"])
 
 
 # -- class imbalance, sampling, schedules -------------------------------------
 
 def test_weighted_loss_and_sampler_balance_the_classes():
     y = np.repeat(np.arange(4), [2000, 1000, 700, 300])
-    w = train.class_weights(y, num_classes=5)  # class 4 absent
+    w = sampling.class_weights(y, num_classes=5)  # class 4 absent
     assert w[4] == 0 and np.isclose(w[:4].mean(), 1.0)
     per_class = np.bincount(y, weights=w[y])  # total loss weight of each class
     assert np.allclose(per_class, per_class[0])
 
     params = dict(seed=0, imbalance="weighted_sampler")
-    order = train.epoch_order(y, 4, params, epoch=1)
+    order = sampling.epoch_order(y, 4, params, epoch=1)
     shares = np.bincount(y[order.numpy()], minlength=4) / len(y)
     assert np.allclose(shares, 0.25, atol=0.03), shares  # vs 0.5 / 0.075 without the sampler
-    assert torch.equal(order, train.epoch_order(y, 4, params, epoch=1))
-    assert not torch.equal(order, train.epoch_order(y, 4, params, epoch=2))
-    plain = train.epoch_order(y, 4, dict(seed=0, imbalance="none"), epoch=1)
+    assert torch.equal(order, sampling.epoch_order(y, 4, params, epoch=1))
+    assert not torch.equal(order, sampling.epoch_order(y, 4, params, epoch=2))
+    plain = sampling.epoch_order(y, 4, dict(seed=0, imbalance="none"), epoch=1)
     assert sorted(plain.tolist()) == list(range(len(y)))
 
 
 def test_shards_cover_the_epoch_with_equal_steps():
     order = torch.randperm(45, generator=torch.Generator().manual_seed(0))
-    shards = [train.shard(order, r, 4) for r in range(4)]
+    shards = [sampling.shard(order, r, 4) for r in range(4)]
     assert {len(s) for s in shards} == {12}
     assert set(torch.cat(shards).tolist()) == set(range(45))
-    assert [len(b) for b in train.batch_indices(torch.arange(33), 16)] == [16, 16]  # a lone image is dropped
+    assert [len(b) for b in sampling.batch_indices(torch.arange(33), 16)] == [16, 16]  # a lone image is dropped
 
 
 def test_optimizer_groups_and_schedules():
     model = create_model("regularized_cnn", 4, 1, 32, 8)
     params = dict(optimizer="sgd", lr=0.1, weight_decay=5e-4, epochs=4, scheduler="cosine", warmup_epochs=1)
-    opt = train.make_optimizer(model, params)
+    opt = optim.make_optimizer(model, params)
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
     assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
     assert opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.9
-    sched = train.make_scheduler(opt, params, steps_per_epoch=10)
+    sched = optim.make_scheduler(opt, params, steps_per_epoch=10)
     lrs = []
     for _ in range(40):
         lrs.append(opt.param_groups[0]["lr"])
@@ -272,7 +275,7 @@ def test_optimizer_groups_and_schedules():
         sched.step()
     assert np.allclose(lrs[:10], np.arange(1, 11) / 10 * 0.1)  # linear warm-up, per iteration
     assert lrs[10] == pytest.approx(0.1) and lrs[-1] < 0.001 and np.all(np.diff(lrs[10:]) <= 0)
-    one = train.make_scheduler(train.make_optimizer(model, {**params, "optimizer": "adamw"}),
+    one = optim.make_scheduler(optim.make_optimizer(model, {**params, "optimizer": "adamw"}),
                                {**params, "scheduler": "onecycle"}, 10)
     assert one.total_steps == 40
 
@@ -292,13 +295,13 @@ def test_metrics_summary_with_an_absent_class():
 # -- augmentation -------------------------------------------------------------
 
 AUGMENTATIONS = {
-    "flip": lambda x, g: train.random_geometry(x, g, flip=True),
-    "rotate": lambda x, g: train.random_geometry(x, g, rotate=15.0),
-    "crop": lambda x, g: train.random_geometry(x, g, crop=0.6),
-    "flip_rotate_crop": lambda x, g: train.random_geometry(x, g, True, 15.0, 0.6),
-    "jitter": lambda x, g: train.jitter(x, g, 0.4),
-    "blur": lambda x, g: train.blur(x, g, 1.0),
-    "erase": lambda x, g: train.erase(x, g, 1.0),
+    "flip": lambda x, g: transforms.random_geometry(x, g, flip=True),
+    "rotate": lambda x, g: transforms.random_geometry(x, g, rotate=15.0),
+    "crop": lambda x, g: transforms.random_geometry(x, g, crop=0.6),
+    "flip_rotate_crop": lambda x, g: transforms.random_geometry(x, g, True, 15.0, 0.6),
+    "jitter": lambda x, g: transforms.jitter(x, g, 0.4),
+    "blur": lambda x, g: transforms.blur(x, g, 1.0),
+    "erase": lambda x, g: transforms.erase(x, g, 1.0),
 }
 
 
@@ -315,11 +318,11 @@ def test_augmentation_keeps_shape_dtype_and_range(name, channels):
 
 def test_flip_alone_is_exact_and_prepare_batch_normalises():
     x = torch.rand(16, 1, 8, 8)
-    out = train.random_geometry(x, torch.Generator().manual_seed(0), flip=True)
+    out = transforms.random_geometry(x, torch.Generator().manual_seed(0), flip=True)
     flipped = [torch.equal(o, xi.flip(-1)) for o, xi in zip(out, x)]
     assert all(f or torch.equal(o, xi) for f, o, xi in zip(flipped, out, x)) and 0 < sum(flipped) < 16
     u8 = torch.tensor([0, 255], dtype=torch.uint8).repeat(2, 1, 2, 1)
-    batch = train.prepare_batch(u8)
+    batch = transforms.prepare_batch(u8)
     assert batch.min() == -1 and batch.max() == 1
     assert batch.is_contiguous(memory_format=torch.channels_last)
 
@@ -332,7 +335,7 @@ def test_torchrun_two_cpu_processes(data_root, tmp_path):
                                                model="resnet", width=8, epochs=2, batch_size=16, aug_flip=True)))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "fer_utils.train", str(params_file), "-p", "device=cpu", "--out", str(tmp_path / "run")]
+           "-m", "fer_utils.engine.train", str(params_file), "-p", "device=cpu", "--out", str(tmp_path / "run")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # 44 images over 2 ranks: 22 each, 2 steps of <= 16 (a single process takes 3).
@@ -341,6 +344,6 @@ def test_torchrun_two_cpu_processes(data_root, tmp_path):
     ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["finished"]
     assert not any(k.startswith("module.") for k in ckpt["model"])  # saved unwrapped from DDP
-    train.load_checkpoint(tmp_path / "run" / "last.pt", create_model("resnet", 4, 1, 32, 8))
+    checkpoint.load_checkpoint(tmp_path / "run" / "last.pt", create_model("resnet", 4, 1, 32, 8))
     assert len(pd.read_csv(tmp_path / "run" / "history.csv")) == 2
     assert Path(tmp_path / "run" / "best.pt").is_file()

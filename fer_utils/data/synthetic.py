@@ -51,7 +51,7 @@ AFFECTNET_SHARES: dict[int, float] = {
 }
 _SHARES_PERMILLE = {k: round(v * 1000) for k, v in AFFECTNET_SHARES.items()}  # exact integers
 
-GENERATOR = "fer_utils.synthetic"
+GENERATOR = "fer_utils.data.synthetic"
 GENERATOR_VERSION = 1  # bump whenever the drawing changes, so cached datasets are regenerated
 JPEG_QUALITY = 90
 SPLITS = (("train_set", 0), ("val_set", 1))  # folder name, code mixed into the seed
@@ -615,7 +615,7 @@ Parameters: seed {params['seed']}, size {params['size']} px, JPEG quality {param
 expression intensity ~ Beta{tuple(params['intensity_beta'])}. Nuisances: {nuisance}.
 Train follows AffectNet's class shares; val is balanced. Regenerate with
 
-    python -m fer_utils.synthetic --out DIR --n-train {params['n_train']} --n-val {params['n_val']} \\
+    python -m fer_utils.data.synthetic --out DIR --n-train {params['n_train']} --n-val {params['n_val']} \\
         --size {params['size']} --seed {params['seed']}
 
 | id | emotion | train | val |
@@ -703,8 +703,8 @@ def _install(tmp: Path, out: Path, params: dict) -> None:
 
 # ----------------------------------------------------------------------------- CLI
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m fer_utils.synthetic", description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    ap = argparse.ArgumentParser(prog=prog or "python -m fer_utils.data.synthetic", description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="output folder (AffectNet-mini layout)")
     ap.add_argument("--n-train", type=int, default=4000)
     ap.add_argument("--n-val", type=int, default=800)

@@ -1,6 +1,6 @@
 """params -> executed notebooks -> Jupyter Book.
 
-    python -m fer_utils.pipeline params/NAME.yaml [more.yaml ...] [-p key=value ...] [--force] [--dry-run]
+    python -m fer_utils.book.pipeline params/NAME.yaml [more.yaml ...] [-p key=value ...] [--force] [--dry-run]
 
 Each params file gets a run folder `runs/<run_name>/` holding the resolved
 params, provenance (data fingerprint, package versions, git commit, device)
@@ -26,13 +26,10 @@ from pathlib import Path
 
 import yaml
 
-from . import params as params_mod
-from .datasets import REPO_ROOT, DataError, open_dataset
+from ..config import params as params_mod
+from ..data.datasets import DataError, open_dataset
+from ..paths import BOOK_DIR, BUILD_DIR, NOTEBOOK_DIR, REPO_ROOT, RUNS_DIR
 
-NOTEBOOK_DIR = REPO_ROOT / "notebooks"
-BOOK_DIR = REPO_ROOT / "book"
-BUILD_DIR = REPO_ROOT / "_build"
-RUNS_DIR = REPO_ROOT / "runs"
 PACKAGES = ("torch", "torchvision", "numpy", "pandas", "scikit-learn", "opencv-python-headless", "plotly",
             "papermill", "jupytext", "jupyter-book")
 
@@ -82,17 +79,14 @@ def provenance(params: dict, ds) -> dict:
                 packages=versions)
 
 
-# Modules no chapter imports (they publish, export or serve the book): editing them re-executes nothing.
-NOT_EXECUTED = ("publish.py", "offline.py", "sphinx_offline.py", "export.py")
-
-
-def _code_hash() -> str:
-    """The library code and the bundled weights the chapters run with (the demo and model card use them)."""
+def code_hash() -> str:
+    """The library code and the bundled weights the chapters run with: everything in fer_utils but book/
+    (the tooling that executes, publishes and serves the book changes no chapter's output)."""
     package = REPO_ROOT / "fer_utils"
+    files = sorted(f for f in package.rglob("*.py") if "book" not in f.relative_to(package).parts[:1])
     h = hashlib.sha256()
-    for f in sorted(package.glob("*.py")) + sorted(package.glob("weights/*.pt")):
-        if f.name not in NOT_EXECUTED:
-            h.update(f.name.encode() + f.read_bytes())
+    for f in files + sorted(package.glob("weights/*.pt")):
+        h.update(f.relative_to(package).as_posix().encode() + f.read_bytes())
     return h.hexdigest()
 
 
@@ -100,7 +94,7 @@ def cache_key(notebook: Path, params: dict, fingerprint: str) -> str:
     h = hashlib.sha256(notebook.read_bytes())
     h.update(yaml.safe_dump(params, sort_keys=True).encode())
     h.update(fingerprint.encode())
-    h.update(_code_hash().encode())
+    h.update(code_hash().encode())
     return h.hexdigest()
 
 
@@ -338,8 +332,8 @@ def build_book(run_dirs: list[Path]) -> Path:
     return html
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fer_utils.pipeline", description=__doc__.split("\n\n")[0])
+def main(argv=None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog or "python -m fer_utils.book.pipeline", description=__doc__.split("\n\n")[0])
     parser.add_argument("params", nargs="+", type=Path, help="params YAML files (one run each)")
     parser.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                         help="override a parameter (repeatable)")

@@ -16,7 +16,8 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.ops import DropBlock2d
 
-MODELS = ("baseline_cnn", "regularized_cnn", "resnet", "resnet18")
+from ..config.registry import MODELS
+
 
 
 # -- plain CNN (baseline and regularised) ------------------------------------
@@ -182,7 +183,7 @@ def _resnet18(num_classes, in_channels, dropout, pretrained, require_weights):
 def create_model(name: str, num_classes: int, in_channels: int = 1, image_size: int = 48, width: int = 32,
                  dropout: float = 0.0, dropblock: float = 0.0, pretrained: bool = False,
                  require_weights: bool = False) -> nn.Module:
-    """Build a model by name (one of MODELS).
+    """Build a model by name (one of config.registry.MODELS) with its `build_<name>` function.
 
     `pretrained` only applies to resnet18 and never downloads: weights are used if
     cached locally (see `resnet18_weights_path`); otherwise a warning says so and the
@@ -191,19 +192,32 @@ def create_model(name: str, num_classes: int, in_channels: int = 1, image_size: 
     """
     if pretrained and name != "resnet18":
         raise ValueError(f"pretrained weights exist only for resnet18, not '{name}'")
-    if name == "baseline_cnn":
-        model = _plain_cnn(num_classes, in_channels, image_size, width, regularized=False)
-    elif name == "regularized_cnn":
-        model = _plain_cnn(num_classes, in_channels, image_size, width, True, dropout, dropblock)
-    elif name == "resnet":
-        model = SmallResNet(num_classes, in_channels, image_size, width, dropout)
-    elif name == "resnet18":
-        model = _resnet18(num_classes, in_channels, dropout, pretrained, require_weights)
-    else:
+    if name not in MODELS:
         raise ValueError(f"unknown model '{name}'; valid names: {', '.join(MODELS)}")
+    model = globals()[f"build_{name}"](num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                                       width=width, dropout=dropout, dropblock=dropblock, pretrained=pretrained,
+                                       require_weights=require_weights)
     model.config = dict(name=name, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
                         width=width, dropout=dropout, dropblock=dropblock)
     return model
+
+
+# -- the builders config.registry.MODELS names: build_<name>(**every create_model argument) --
+
+def build_baseline_cnn(num_classes, in_channels, image_size, width, **_):
+    return _plain_cnn(num_classes, in_channels, image_size, width, regularized=False)
+
+
+def build_regularized_cnn(num_classes, in_channels, image_size, width, dropout, dropblock, **_):
+    return _plain_cnn(num_classes, in_channels, image_size, width, True, dropout, dropblock)
+
+
+def build_resnet(num_classes, in_channels, image_size, width, dropout, **_):
+    return SmallResNet(num_classes, in_channels, image_size, width, dropout)
+
+
+def build_resnet18(num_classes, in_channels, dropout, pretrained, require_weights, **_):
+    return _resnet18(num_classes, in_channels, dropout, pretrained, require_weights)
 
 
 def count_parameters(model: nn.Module) -> int:

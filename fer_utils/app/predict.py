@@ -1,6 +1,6 @@
 """Emotions of the faces in a photo, from a trained checkpoint.
 
-    python -m fer_utils.predict IMAGE... [--checkpoint C | --run-dir RUN] [--no-detect] [--max-faces N]
+    python -m fer_utils.app.predict IMAGE... [--checkpoint C | --run-dir RUN] [--no-detect] [--max-faces N]
 
 prints one JSON line per face:
     {"file": ..., "face": 1, "box": [x, y, w, h], "detected": true, "label": "happy",
@@ -24,12 +24,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..engine.checkpoint import CheckpointError, load_model
+from ..paths import WEIGHTS_DIR
 from . import faces as faces_mod
 from .faces import ImageError
 
 # The model shipped with the package: a small state_dict checkpoint trained by this project's own
 # pipeline on real FER2013/FER+ faces (see the model card chapter). It may be absent in a checkout.
-BUNDLED_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "fer2013_resnet.pt"
+BUNDLED_CHECKPOINT = WEIGHTS_DIR / "fer2013_resnet.pt"
 
 
 class NoCheckpointError(FileNotFoundError):
@@ -105,8 +107,7 @@ def find_checkpoint(checkpoint=None, run_dir=None) -> tuple[Path, str]:
 
 def load_predictor(checkpoint=None, run_dir=None, device: str = "cpu") -> Predictor:
     """Load a checkpoint for inference (see `find_checkpoint` for which). Raises NoCheckpointError,
-    or train.CheckpointError for a file that is not a usable checkpoint."""
-    from .train import load_model
+    or CheckpointError for a file that is not a usable checkpoint."""
 
     path, source = find_checkpoint(checkpoint, run_dir)
     model, ckpt = load_model(path, device)
@@ -203,8 +204,8 @@ def json_lines(file: str, result: ImagePrediction, digits: int = 6) -> list[str]
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fer_utils.predict", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog or "python -m fer_utils.app.predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="photo files (JPEG, PNG, WebP, ...)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--checkpoint", help="a checkpoint (.pt) made by fer_utils.train")
@@ -214,7 +215,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-faces", type=int, default=faces_mod.MAX_FACES,
                         help=f"classify at most this many faces per photo, largest first (default {faces_mod.MAX_FACES})")
     args = parser.parse_args(argv)
-    from .train import CheckpointError
 
     try:
         predictor = load_predictor(args.checkpoint, args.run_dir)

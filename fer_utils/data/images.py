@@ -15,9 +15,10 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from .datasets import REPO_ROOT, Dataset
+from ..paths import CACHE_DIR as _CACHE_ROOT
+from .datasets import Dataset
 
-CACHE_DIR = REPO_ROOT / ".cache" / "decoded"
+CACHE_DIR = _CACHE_ROOT / "decoded"
 
 
 def open_image(ds: Dataset, row) -> Image.Image:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import params as params_mod
-from .datasets import REPO_ROOT
+from ..config import params as params_mod
+from ..paths import PARAMS_DIR, run_dir as named_run_dir
 
 
 def start(params_file=None, run_dir=None, overrides=None):
@@ -21,8 +21,8 @@ def start(params_file=None, run_dir=None, overrides=None):
     # The default renderer emits only the plotly JSON mime type, which the book drops;
     # this one also inlines plotly.js (offline), so figures survive into static HTML.
     pio.renderers.default = "plotly_mimetype+notebook"
-    params = params_mod.resolve(params_file or REPO_ROOT / "params" / "default.yaml", overrides)
-    run_dir = Path(run_dir) if run_dir else REPO_ROOT / "runs" / params["run_name"]
+    params = params_mod.resolve(params_file or PARAMS_DIR / "default.yaml", overrides)
+    run_dir = Path(run_dir) if run_dir else named_run_dir(params["run_name"])
     run_dir.mkdir(parents=True, exist_ok=True)
     random.seed(params["seed"])
     np.random.seed(params["seed"])

@@ -1,6 +1,6 @@
 """The image-upload demo: an ipywidgets app (notebooks/06_demo.py) and a Voila server for it.
 
-    python -m fer_utils.demo [PARAMS] [--port 8866] [--ip 127.0.0.1] [--prepare-only]
+    python -m fer_utils.app.demo [PARAMS] [--port 8866] [--ip 127.0.0.1] [--prepare-only]
 
 converts the demo chapter to an ipynb under .cache/demo/ (gitignored; Voila reads .ipynb only) with
 PARAMS injected as its parameters, then serves it with Voila on localhost. `make demo` runs it.
@@ -15,11 +15,14 @@ import os
 import sys
 from pathlib import Path
 
-from .datasets import REPO_ROOT
+from ..analysis import figures
+from ..engine.checkpoint import CheckpointError
+from ..paths import CACHE_DIR, NOTEBOOK_DIR, REPO_ROOT
+from . import predict
 from .faces import MAX_PIXELS, ImageError
 
-DEMO_NOTEBOOK = REPO_ROOT / "notebooks" / "06_demo.py"
-DEMO_DIR = REPO_ROOT / ".cache" / "demo"
+DEMO_NOTEBOOK = NOTEBOOK_DIR / "06_demo.py"
+DEMO_DIR = CACHE_DIR / "demo"
 SAMPLE_NAME = "astronaut.png"
 MAX_UPLOAD_MB = 64
 
@@ -39,8 +42,6 @@ def sample_photo() -> bytes:
 def load_models(run_dir=None) -> tuple[dict, list[str]]:
     """Predictors to offer: {"run": this run's best.pt, "bundled": the package's model}, whichever load,
     the run's first; and messages for those that exist but could not be loaded."""
-    from . import predict
-    from .train import CheckpointError
 
     models, problems = {}, []
     candidates = []
@@ -67,7 +68,6 @@ def _short(path: Path) -> Path:
 
 def models_markdown(models: dict, problems: list[str]) -> str:
     """Which model the demo uses (the first), in words, with any caution."""
-    from . import predict
 
     lines = []
     if not models:
@@ -94,7 +94,6 @@ def show_result(name: str, result, title_prefix: str = "") -> None:
     import numpy as np
     from IPython.display import HTML, display
 
-    from . import figures
 
     faces = result.faces
     summary = "; ".join(f"face {i}: <b>{f.label}</b> ({_percent(f.probabilities[f.label])})"
@@ -162,8 +161,7 @@ class DemoApp:
             self.run(files)
 
     def run(self, files: list[tuple[str, bytes]]) -> None:
-        from . import predict
-
+    
         self._last = files
         predictor = self.models.get(self.choice.value) if self.models else None
         self.output.clear_output()
@@ -230,8 +228,8 @@ def voila_command(notebook: Path, port: int, ip: str = "127.0.0.1", open_browser
             "--no-browser" if not open_browser else "--Voila.open_browser=True", *paths]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fer_utils.demo", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog or "python -m fer_utils.app.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("params", nargs="?", help="params file whose run's best.pt to use (default: "
                         "params/default.yaml; the bundled model when that run has no checkpoint)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("DEMO_PORT", 8866)))

@@ -1,6 +1,6 @@
 """Export a run's checkpoint for shipping: the weights and what describes them, nothing machine-specific.
 
-    python -m fer_utils.export runs/fer2013 [--out fer_utils/weights/fer2013_resnet.pt]
+    python -m fer_utils.app.export runs/fer2013 [--out fer_utils/weights/fer2013_resnet.pt]
 
 The exported file keeps what predicting and the model card need (model config and weights, classes,
 params, history, best epoch, data fingerprint) plus the evaluation chapter's validation scores and the
@@ -14,7 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-from . import evaluate, train
+from ..analysis import evaluate
+from ..engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .predict import BUNDLED_CHECKPOINT
 
 KEEP = ("format", "model_config", "model", "classes", "params", "history", "epoch", "best_epoch", "best_metric",
@@ -25,11 +26,11 @@ PROVENANCE = ("run_name", "dataset", "data_fingerprint", "images", "git_commit",
 def export_run(run_dir: str | Path, out: str | Path = BUNDLED_CHECKPOINT) -> Path:
     """runs/<run>/best.pt (+ metrics.json, predictions_val.csv, provenance.json) -> one small checkpoint."""
     run_dir, out = Path(run_dir), Path(out)
-    last = train.load_checkpoint(run_dir / "last.pt")
+    last = load_checkpoint(run_dir / "last.pt")
     if not last.get("finished"):
-        raise train.CheckpointError(f"{run_dir} has not finished training (epoch {last['epoch']} of "
+        raise CheckpointError(f"{run_dir} has not finished training (epoch {last['epoch']} of "
                                     f"{last['params']['epochs']}); export it when it has")
-    ckpt = train.load_checkpoint(run_dir / "best.pt")
+    ckpt = load_checkpoint(run_dir / "best.pt")
     state = {k: ckpt[k] for k in KEEP}
     state["model"] = {k: v.contiguous() for k, v in ckpt["model"].items()}
     state["params"] = {**ckpt["params"], "data_dir": None,
@@ -39,7 +40,7 @@ def export_run(run_dir: str | Path, out: str | Path = BUNDLED_CHECKPOINT) -> Pat
         metrics = json.loads(metrics_file.read_text())
         scored = Path(metrics.get("checkpoint", {}).get("path", "")).name
         if scored != "best.pt" or metrics["checkpoint"].get("epoch") != ckpt["epoch"]:
-            raise train.CheckpointError(f"{metrics_file} scores another checkpoint ({scored}, epoch "
+            raise CheckpointError(f"{metrics_file} scores another checkpoint ({scored}, epoch "
                                         f"{metrics.get('checkpoint', {}).get('epoch')}); re-run the evaluation "
                                         "chapter before exporting")
         metrics.pop("checkpoint")
@@ -54,18 +55,18 @@ def export_run(run_dir: str | Path, out: str | Path = BUNDLED_CHECKPOINT) -> Pat
         provenance = json.loads(provenance_file.read_text())
         state["provenance"] = {k: provenance[k] for k in PROVENANCE if k in provenance}
     out.parent.mkdir(parents=True, exist_ok=True)
-    train.save_checkpoint(state, out)
+    save_checkpoint(state, out)
     return out
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fer_utils.export", description=__doc__.split("\n\n")[0])
+def main(argv=None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog or "python -m fer_utils.app.export", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="a finished, evaluated run folder, e.g. runs/fer2013")
     parser.add_argument("--out", default=str(BUNDLED_CHECKPOINT), help="default: the bundled model's path")
     args = parser.parse_args(argv)
     try:
         out = export_run(args.run_dir, args.out)
-    except (train.CheckpointError, FileNotFoundError) as err:
+    except (CheckpointError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"{out} ({out.stat().st_size / 1e6:.1f} MB)")

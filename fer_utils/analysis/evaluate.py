@@ -28,8 +28,13 @@ import torch
 from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support,
                              recall_score)
 
-from . import train
-from .datasets import REPO_ROOT, Dataset
+from ..data.datasets import Dataset
+from ..data.images import load_split, open_image, to_array
+from ..engine.checkpoint import CheckpointError, load_model
+from ..engine.runtime import amp_dtype as select_amp_dtype
+from ..engine.runtime import select_device, unwrap_model
+from ..engine.transforms import prepare_batch
+from ..paths import REPO_ROOT
 
 BALANCED_RATIO = 1.1  # a split is "balanced" when its largest class is at most 10% above its smallest
 
@@ -47,21 +52,21 @@ def predict(model: torch.nn.Module, x_uint8, batch_size: int = 256, device="cpu"
             return_logits: bool = False, flip: bool = False):
     """Class probabilities (N, K) float64 numpy for uint8 images (N, C, H, W), tensor or numpy.
 
-    Images are normalised exactly as in training (`train.prepare_batch`, no augmentation).
+    Images are normalised exactly as in training (`engine.transforms.prepare_batch`, no augmentation).
     flip=True: test-time augmentation, the logits of each image and its mirror image averaged.
     With return_logits=True returns (probs, logits).
     """
-    device = train.select_device(device) if isinstance(device, str) else torch.device(device)
+    device = select_device(device) if isinstance(device, str) else torch.device(device)
     model = model.to(device).eval()
     x = torch.as_tensor(x_uint8)
-    amp_dtype = train._amp_dtype(device, amp)
+    amp_dtype = select_amp_dtype(device, amp)
     chunks = []
     for start in range(0, len(x), batch_size):
         xb = x[start:start + batch_size].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(train.prepare_batch(xb)).float()
+            logits = model(prepare_batch(xb)).float()
             if flip:
-                logits = (logits + model(train.prepare_batch(xb.flip(-1))).float()) / 2
+                logits = (logits + model(prepare_batch(xb.flip(-1))).float()) / 2
         chunks.append(logits.cpu())
     num_classes = _num_classes(model)
     logits = torch.cat(chunks).double() if chunks else torch.zeros((0, num_classes), dtype=torch.float64)
@@ -70,7 +75,7 @@ def predict(model: torch.nn.Module, x_uint8, batch_size: int = 256, device="cpu"
 
 
 def _num_classes(model) -> int:
-    config = getattr(train._unwrap(model), "config", None)
+    config = getattr(unwrap_model(model), "config", None)
     return int(config["num_classes"]) if config else 0
 
 
@@ -320,18 +325,18 @@ def load_for_evaluation(params: dict, run_dir, ds: Dataset | None = None, device
     model, in eval mode on `device`. Returns (model, checkpoint dict).
 
     The checkpoint's classes must equal the dataset's (same names, same order): otherwise
-    train.CheckpointError names both lists. A checkpoint trained on other data of the same classes is
+    CheckpointError names both lists. A checkpoint trained on other data of the same classes is
     allowed (cross-dataset evaluation); checkpoint["notes"] says so.
     """
     path = checkpoint_path(params, run_dir)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path} (checkpoint={params.get('checkpoint')!r}); run the "
                                 f"training chapter (02_training) first or point `checkpoint` at a .pt file")
-    model, ckpt = train.load_model(path, device)
+    model, ckpt = load_model(path, device)
     notes = []
     if ds is not None:
         if list(ckpt["classes"]) != list(ds.classes):
-            raise train.CheckpointError(
+            raise CheckpointError(
                 f"checkpoint {path} was trained on classes {list(ckpt['classes'])}, but dataset "
                 f"'{ds.format}' has classes {list(ds.classes)}: a model can only be scored on the classes "
                 f"(names and order) it was trained on")
@@ -356,7 +361,6 @@ def predict_split(model, ckpt: dict, ds: Dataset, split: str, batch_size: int = 
                   amp: bool = False, flip: bool = False):
     """Decode `split` at the checkpoint's image size and channels, predict it (flip: test-time
     augmentation, see `predict`). Returns (predictions frame, x uint8, y, locations)."""
-    from .images import load_split
 
     config = ckpt["model_config"]
     x, y, locations = load_split(ds, split, config["image_size"], config["in_channels"])
@@ -367,7 +371,6 @@ def predict_split(model, ckpt: dict, ds: Dataset, split: str, batch_size: int = 
 def load_faces(ds: Dataset, locations, size: int = 96) -> list[np.ndarray]:
     """Faces for display, as the reader decodes them (face box applied), size x size, grayscale (H x W)
     or RGB (H x W x 3) as stored."""
-    from .images import open_image, to_array
 
     rows = ds.frame.set_index("location")
     faces = []

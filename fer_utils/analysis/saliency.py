@@ -20,12 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .train import _unwrap, prepare_batch
+from ..engine.runtime import unwrap_model
+from ..engine.transforms import prepare_batch
 
 
 def last_conv(model: nn.Module) -> nn.Conv2d | None:
     """The last nn.Conv2d in the model's registration order (None if it has none)."""
-    convs = [m for m in _unwrap(model).modules() if isinstance(m, nn.Conv2d)]
+    convs = [m for m in unwrap_model(model).modules() if isinstance(m, nn.Conv2d)]
     return convs[-1] if convs else None
 
 
@@ -39,7 +40,7 @@ def grad_cam(model: nn.Module, x_uint8, targets=None, device="cpu", layer: nn.Mo
              batch_size: int = 64) -> np.ndarray:
     """Grad-CAM maps (N, H, W) in [0, 1] for uint8 images (N, C, H, W) and target classes (default: the
     predicted ones) at `layer` (default: the last Conv2d)."""
-    model = _unwrap(model).to(device).eval()
+    model = unwrap_model(model).to(device).eval()
     layer = layer or last_conv(model)
     if layer is None:
         raise ValueError("the model has no nn.Conv2d: use occlusion()")
@@ -81,7 +82,7 @@ def occlusion(model: nn.Module, x_uint8, targets=None, device="cpu", patch: int 
     """Occlusion maps (N, H, W) in [0, 1]: the drop in the target class's probability when a mid-gray patch
     (default: 1/6 of the side, stride half of it) covers each position, averaged over the patches covering
     each pixel. Occluded copies are scored `batch_size` at a time."""
-    model = _unwrap(model).to(device).eval()
+    model = unwrap_model(model).to(device).eval()
     x = prepare_batch(torch.as_tensor(x_uint8).to(device), memory_format=torch.contiguous_format)
     n, _, h, w = x.shape
     patch = patch or max(2, min(h, w) // 6)

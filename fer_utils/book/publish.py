@@ -1,6 +1,6 @@
 """A self-contained copy of the built book: any static web server, GitHub Pages, or straight from disk.
 
-    python -m fer_utils.publish [--html _build/html] [--out _build/publish]      (make publish)
+    python -m fer_utils.book.publish [--html _build/html] [--out _build/publish]      (make publish)
 
 Copies the book (`make book` builds it) to OUT/site, removes the CDN MathJax tag plotly puts
 before each figure (fer_utils.offline; the book has no math), adds `.nojekyll` (GitHub Pages
@@ -17,11 +17,11 @@ import tarfile
 import time
 from pathlib import Path
 
-from .datasets import REPO_ROOT
+from ..paths import BUILD_DIR
 from .offline import css_offhost, offhost_references, strip_cdn_mathjax
 
-HTML_DIR = REPO_ROOT / "_build" / "html"
-OUT_DIR = REPO_ROOT / "_build" / "publish"
+HTML_DIR = BUILD_DIR / "html"
+OUT_DIR = BUILD_DIR / "publish"
 TARBALL = "fer-book.tar.gz"
 
 
@@ -75,8 +75,8 @@ def publish(html: Path = HTML_DIR, out: Path = OUT_DIR) -> Path:
     return site
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fer_utils.publish", description=__doc__.split("\n\n")[0])
+def main(argv=None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog or "python -m fer_utils.book.publish", description=__doc__.split("\n\n")[0])
     parser.add_argument("--html", type=Path, default=HTML_DIR, help="the built book (default: _build/html)")
     parser.add_argument("--out", type=Path, default=OUT_DIR, help="output folder (default: _build/publish)")
     args = parser.parse_args(argv)

@@ -11,7 +11,7 @@
   the largest `max_faces` are kept, and a message says so.
 - `crop_face` / `model_input`: the square box around a detected face with a small margin, then
   the training code's own `images.to_array` (grayscale or RGB, resized to image_size with the
-  same interpolation) and `train.prepare_batch` (the same normalisation).
+  same interpolation) and `engine.transforms.prepare_batch` (the same normalisation).
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from . import images
+from ..data import images
+from ..engine.transforms import prepare_batch
 
 MAX_PIXELS = 40_000_000   # 40 MP: larger than any phone photo, far below what would exhaust memory
 MAX_FACES = 10
@@ -262,7 +263,6 @@ def model_input(image: Image.Image, faces: list[Face], size: int, channels: int,
     """(crops uint8 [N, C, size, size], float tensor [N, C, size, size] normalised as in training)."""
     import torch
 
-    from .train import prepare_batch
 
     crops = np.stack([crop_face(image, f, size, channels, margin) for f in faces])
     return crops, prepare_batch(torch.from_numpy(crops), memory_format=torch.contiguous_format)

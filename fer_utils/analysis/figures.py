@@ -6,6 +6,8 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
+from ..data.labels import EMOTIONS
+
 
 def class_bars(counts: pd.DataFrame) -> go.Figure:
     """Class shares per split as grouped bars; hover shows the count."""
@@ -86,7 +88,6 @@ def valence_arousal(frame: pd.DataFrame, classes, limit: int = 4000, seed: int =
 
 def _emotion_colors(names) -> dict[str, str]:
     """One fixed colour per emotion (AffectNet id order), so a class looks the same in every figure."""
-    from .labels import EMOTIONS
     palette = px.colors.qualitative.Plotly
     order = list(EMOTIONS) + [n for n in names if n not in EMOTIONS]
     return {n: palette[order.index(n) % len(palette)] for n in names}
@@ -329,7 +330,7 @@ def compare_f1(tables: dict[str, pd.DataFrame], metric: str = "f1",
 
 def compare_curves(histories: dict[str, pd.DataFrame], metric: str = "val_macro_f1",
                    title: str = "Validation macro-F1 per epoch") -> go.Figure:
-    """One line per run (or ablation variant): a history column (train.HISTORY_COLUMNS) per epoch."""
+    """One line per run (or ablation variant): a history column (engine.train.HISTORY_COLUMNS) per epoch."""
     long = pd.concat([h[["epoch", metric]].assign(run=name) for name, h in histories.items()], ignore_index=True)
     fig = px.line(long, x="epoch", y=metric, color="run", markers=True, title=title,
                   labels={metric: metric.replace("_", " ").replace("f1", "F1"), "run": ""})

@@ -1,0 +1,66 @@
+"""Where things live, and how files are written: the one place for both.
+
+Every folder the project writes to hangs off the repository root, so a run is
+found by its name alone and `make clean` knows what to remove. Every artifact
+that a later step reads (checkpoints, predictions, metrics, caches) is written
+atomically: a crash or a full disk leaves the previous version, never half of
+a new one.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+WEIGHTS_DIR = PACKAGE_DIR / "weights"  # the bundled models, shipped inside the package (and the wheel)
+REPO_ROOT = PACKAGE_DIR.parent
+RUNS_DIR = REPO_ROOT / "runs"
+CACHE_DIR = REPO_ROOT / ".cache"
+BUILD_DIR = REPO_ROOT / "_build"
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+BOOK_DIR = REPO_ROOT / "book"
+PARAMS_DIR = REPO_ROOT / "params"
+
+
+def run_dir(run_name: str) -> Path:
+    """The folder of a named run: runs/<run_name>/."""
+    return RUNS_DIR / run_name
+
+
+def display_path(path: str | Path) -> str:
+    """A path as a published page may show it: relative to the repository, else under ~, else its name.
+
+    A book must not leak the layout of the machine that built it (user names, home folders)."""
+    path = Path(path).expanduser()
+    try:
+        resolved = path.resolve()
+    except OSError:
+        resolved = path
+    if resolved.is_relative_to(REPO_ROOT):
+        return str(resolved.relative_to(REPO_ROOT))
+    home = Path.home()
+    if resolved.is_relative_to(home):
+        return str(Path("~") / resolved.relative_to(home))
+    return str(resolved) if not resolved.is_absolute() else f".../{resolved.name}"
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """Call `write(tmp)` to fill a temporary file beside `path`, then rename it onto `path`.
+
+    The rename is atomic on one filesystem, so readers see the old file or the whole new one. If
+    `write` fails (e.g. the disk is full) the temporary file is removed and the error goes on."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Atomically write a text file (UTF-8)."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -1,21 +1,42 @@
-"""Classification metrics that stay defined when a class is missing from a split.
+"""Classification scores: the one definition that training, evaluation and data exploration share.
 
 Small validation splits (and the synthetic data) can lack a class entirely.
 scikit-learn then either divides by zero (recall of an absent class) or drags
 a macro average down with a 0 that measures nothing, so each average here says
 which classes it is over:
 
+- accuracy: share of correct answers.
 - balanced_accuracy: mean recall over the classes present in y_true (the
   classes whose recall is defined); `absent_classes` lists the others.
-- macro_f1: mean F1 over the classes present in y_true *or* predicted. A class
+- macro_f1: mean F1 over the classes present in y_true *or* predicted
+  (f1_over="seen", the default and scikit-learn's own label set). A class
   predicted but never true keeps its F1 of 0 (those predictions are all wrong);
   a class neither true nor predicted has no F1 and is left out.
+  f1_over="true" averages over the classes present in y_true only: the data
+  chapter's majority-guess table uses it, so a guessed class that the split
+  lacks does not count (the two differ only when it does).
 - f1_per_class: F1 for every class id 0..num_classes-1, 0 where undefined.
+
+Labels may be integer ids or class names (any labels scikit-learn accepts).
 """
 from __future__ import annotations
 
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, recall_score
+
+F1_LABEL_SETS = ("seen", "true")
+
+
+def scores(y_true, y_pred, f1_over: str = "seen") -> tuple[float, float, float]:
+    """(accuracy, balanced accuracy, macro-F1), with the label sets of the module docstring."""
+    if f1_over not in F1_LABEL_SETS:
+        raise ValueError(f"f1_over must be one of {F1_LABEL_SETS}, got {f1_over!r}")
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    present = np.unique(y_true)
+    f1_labels = present if f1_over == "true" else np.union1d(present, np.unique(y_pred))
+    return (float(accuracy_score(y_true, y_pred)),
+            float(recall_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
+            float(f1_score(y_true, y_pred, labels=f1_labels, average="macro", zero_division=0)))
 
 
 def summary(y_true, y_pred, num_classes: int) -> dict:
@@ -24,13 +45,12 @@ def summary(y_true, y_pred, num_classes: int) -> dict:
     y_pred = np.asarray(y_pred, dtype=np.int64)
     if y_true.size == 0:
         raise ValueError("cannot score an empty set of predictions")
-    present = np.unique(y_true)
-    seen = np.union1d(present, np.unique(y_pred))
+    accuracy, balanced_accuracy, macro_f1 = scores(y_true, y_pred)
     return dict(
-        accuracy=float(accuracy_score(y_true, y_pred)),
-        balanced_accuracy=float(recall_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
-        macro_f1=float(f1_score(y_true, y_pred, labels=seen, average="macro", zero_division=0)),
+        accuracy=accuracy,
+        balanced_accuracy=balanced_accuracy,
+        macro_f1=macro_f1,
         f1_per_class=f1_score(y_true, y_pred, labels=np.arange(num_classes), average=None, zero_division=0),
-        absent_classes=sorted(set(range(num_classes)) - set(present.tolist())),
+        absent_classes=sorted(set(range(num_classes)) - set(np.unique(y_true).tolist())),
         n=int(y_true.size),
     )

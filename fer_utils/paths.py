@@ -1,7 +1,8 @@
 """Where things live, and how files are written: the one place for both.
 
-Every folder the project writes to hangs off the repository root, so a run is
-found by its name alone and `make clean` knows what to remove. Every artifact
+Every folder the project writes to hangs off one work folder (the checkout, or
+$FER_HOME), so a run is found by its name alone and `make clean` knows what to
+remove. Every artifact
 that a later step reads (checkpoints, predictions, metrics, caches) is written
 atomically: a crash or a full disk leaves the previous version, never half of
 a new one.
@@ -14,10 +15,23 @@ from typing import Callable
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 WEIGHTS_DIR = PACKAGE_DIR / "weights"  # the bundled models, shipped inside the package (and the wheel)
-REPO_ROOT = PACKAGE_DIR.parent
-RUNS_DIR = REPO_ROOT / "runs"
-CACHE_DIR = REPO_ROOT / ".cache"
-BUILD_DIR = REPO_ROOT / "_build"
+REPO_ROOT = PACKAGE_DIR.parent  # the checkout (notebooks/, params/, book/) when run from one
+
+
+def _work_dir() -> Path:
+    """Where runs, caches and the built book go: $FER_HOME if set, else the checkout, else the current folder
+    (an installed wheel must never write into site-packages)."""
+    if os.environ.get("FER_HOME"):
+        return Path(os.environ["FER_HOME"]).expanduser().resolve()
+    if (REPO_ROOT / "notebooks").is_dir() and (REPO_ROOT / "pyproject.toml").is_file():
+        return REPO_ROOT
+    return Path.cwd()
+
+
+WORK_DIR = _work_dir()
+RUNS_DIR = WORK_DIR / "runs"
+CACHE_DIR = WORK_DIR / ".cache"
+BUILD_DIR = WORK_DIR / "_build"
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 BOOK_DIR = REPO_ROOT / "book"
 PARAMS_DIR = REPO_ROOT / "params"
@@ -37,8 +51,9 @@ def display_path(path: str | Path) -> str:
         resolved = path.resolve()
     except OSError:
         resolved = path
-    if resolved.is_relative_to(REPO_ROOT):
-        return str(resolved.relative_to(REPO_ROOT))
+    for root in (WORK_DIR, REPO_ROOT):
+        if resolved.is_relative_to(root):
+            return str(resolved.relative_to(root))
     home = Path.home()
     if resolved.is_relative_to(home):
         return str(Path("~") / resolved.relative_to(home))

@@ -32,6 +32,7 @@ from fer_utils.book import notebook
 from fer_utils.data import explore
 from fer_utils.data.datasets import open_dataset
 from fer_utils.data.images import load_split
+from fer_utils.paths import display_path
 
 params, run_dir = notebook.start(params_file, run_dir, overrides)
 ds = open_dataset(params)
@@ -42,7 +43,7 @@ counts = explore.class_counts(ds)
 
 # %% tags=["remove-input"]
 display(Markdown(
-    f"Dataset **{ds.format}** from `{ds.root}` (fingerprint `{ds.fingerprint}`): "
+    f"Dataset **{ds.format}** from `{display_path(ds.root)}` (fingerprint `{ds.fingerprint}`): "
     f"{len(ds.frame):,} usable images in {len(ds.splits)} splits "
     f"({', '.join(f'{s} {n:,}' for s, n in counts.sum().items())}) and "
     f"{len(ds.classes)} classes: {', '.join(ds.classes)}."

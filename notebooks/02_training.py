@@ -29,10 +29,11 @@ overrides = {}
 # %% tags=["remove-cell"]
 from IPython.display import Markdown, display
 
-from fer_utils.analysis import figures
+from fer_utils.analysis import evaluate, figures
 from fer_utils.book import notebook
-from fer_utils.engine import runtime, train
+from fer_utils.data import explore
 from fer_utils.data.datasets import open_dataset
+from fer_utils.engine import runtime, train
 
 params, run_dir = notebook.start(params_file, run_dir, overrides)
 ds = open_dataset(params)
@@ -43,8 +44,7 @@ row = history.set_index("epoch").loc[best]
 # %% tags=["remove-input"]
 how = ("reused from an earlier run with the same parameters and data (no training in this build)"
        if result["reused"] else f"trained in this build in {result['wall_time_s'] / 60:.1f} minutes")
-val_counts = ds.split("val")["label"].value_counts()
-balanced = val_counts.max() <= 1.1 * val_counts.min() and len(val_counts) == len(ds.classes)
+balanced = evaluate.is_balanced(explore.class_counts(ds)["val"])
 display(Markdown(
     f"**{params['model']}** (width {params['width']}) on {len(ds.split('train')):,} training images of "
     f"{len(ds.classes)} classes at {params['image_size']} px, {len(history)} epochs, "

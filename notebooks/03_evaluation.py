@@ -36,32 +36,10 @@ from fer_utils.engine.runtime import select_device
 
 params, run_dir = notebook.start(params_file, run_dir, overrides)
 ds = open_dataset(params)
-device = select_device(params["device"])
-model, ckpt = evaluate.load_for_evaluation(params, run_dir, ds, device)
-majority = evaluate.train_majority(ds)
-splits = evaluate.evaluation_splits(ds)
-batch, tta = 2 * params["batch_size"], params["tta_flip"]
-results = {}
-for split in splits:
-    frame, *_ = evaluate.predict_split(model, ckpt, ds, split, batch, device, params["amp"], flip=tta)
-    evaluate.save_predictions(frame, run_dir, split)
-    summary = evaluate.split_summary(frame["true"], frame["predicted"], ds.classes, majority,
-                                     params["bootstrap"], params["seed"], split)
-    if tta:
-        summary["protocol"] += "; each face is predicted together with its mirror image (flip test-time augmentation)"
-    results[split] = dict(frame=frame, summary=summary,
-                          table=evaluate.per_class_table(frame["true"], frame["predicted"], ds.classes),
-                          cm=evaluate.confusion(frame["true"], frame["predicted"], ds.classes))
-summaries = [results[s]["summary"] for s in splits]
-# The training chapter's numbers for this checkpoint, and the same protocol (no test-time augmentation) here.
-reported = evaluate.reported_by_training(ckpt)
-plain = (evaluate.predict_split(model, ckpt, ds, "val", batch, device, params["amp"])[0] if tta
-         else results["val"]["frame"])
-recomputed = evaluate.scores(plain["true"], plain["predicted"])
-evaluate.save_metrics(summaries, run_dir, checkpoint=dict(
-    path=str(ckpt["path"]), epoch=int(ckpt["epoch"]), best_epoch=int(ckpt["best_epoch"]),
-    selected_by="validation macro-F1", model=ckpt["model_config"]["name"]))
-table = evaluate.summary_table(summaries)
+evaluated = evaluate.run(params, ds, run_dir, select_device(params["device"]))
+ckpt, results, summaries, table = evaluated["ckpt"], evaluated["per_split"], evaluated["summaries"], evaluated["table"]
+reported, recomputed = evaluated["reported"], evaluated["recomputed"]
+splits, tta = list(results), params["tta_flip"]
 
 # %% tags=["remove-input"]
 cfg = ckpt["model_config"]

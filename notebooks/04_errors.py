@@ -26,8 +26,6 @@ run_dir = None  # None: runs/<run_name>
 overrides = {}
 
 # %% tags=["remove-cell"]
-import json
-
 import numpy as np
 from IPython.display import Markdown, display
 
@@ -42,8 +40,7 @@ ds = open_dataset(params)
 split = "val"
 frame = evaluate.load_predictions(run_dir, split)
 classes = list(ds.classes)
-probs = evaluate.prob_columns(frame, classes)
-y = frame["true"].map(classes.index).to_numpy()
+probs, y = calibration.labelled_probs(frame, classes)
 wrong = frame[frame["true"] != frame["predicted"]]
 right = frame[frame["true"] == frame["predicted"]]
 cm = evaluate.confusion(frame["true"], frame["predicted"], classes)
@@ -153,7 +150,7 @@ gallery(right.nsmallest(min(GALLERY, len(right)), "confidence"), "The least conf
 # half, and the other way round (cross-fitting, stratified by class).
 
 # %% tags=["remove-input"]
-cal = calibration.cross_fit_temperature(probs, y, seed=params["seed"])
+cal = calibration.run(ds, run_dir, params["seed"], split)
 before = calibration.reliability(probs, y)
 after = calibration.reliability(cal["calibrated"], y)
 figures.reliability_diagram({f"model (ECE {cal['ece_before']:.3f})": before,
@@ -174,22 +171,12 @@ display(Markdown(
     + (" T reached the edge of the search range (0.05-20): the probabilities carry little information about "
        "which answers are right." if not 0.06 < cal["temperature"] < 19.9 else "")
 ))
-test_cal = None
-if "test" in ds.splits and (run_dir / "predictions_test.csv").is_file():
-    test = evaluate.load_predictions(run_dir, "test")
-    tp, ty = evaluate.prob_columns(test, classes), test["true"].map(classes.index).to_numpy()
-    scaled = calibration.apply_temperature(tp, cal["temperature"])
-    test_cal = dict(ece_before=calibration.ece(tp, ty), ece_after=calibration.ece(scaled, ty),
-                    nll_before=calibration.nll(tp, ty), nll_after=calibration.nll(scaled, ty))
+test_cal = cal["test"]
+if test_cal is not None:
     display(Markdown(
         f"On the **test** split, which played no part in the fit, T = {cal['temperature']:.2f} (fitted on all "
         f"validation images) changes ECE from {test_cal['ece_before']:.3f} to {test_cal['ece_after']:.3f} and "
         f"NLL from {test_cal['nll_before']:.3f} to {test_cal['nll_after']:.3f}."))
-(run_dir / "calibration.json").write_text(json.dumps(dict(
-    split=split, bins=calibration.N_BINS, temperature=cal["temperature"],
-    fold_temperatures=cal["fold_temperatures"], ece_before=cal["ece_before"], ece_after_heldout=cal["ece_after"],
-    ece_after_in_sample=cal["ece_after_in_sample"], nll_before=cal["nll_before"], nll_after_heldout=cal["nll_after"],
-    test=test_cal), indent=2))
 
 # %% [markdown]
 # ## Accuracy by confidence

@@ -35,13 +35,13 @@ import pandas as pd
 import yaml
 from IPython.display import Markdown, display
 
-from fer_utils.analysis import figures
+from fer_utils.analysis import evaluate, figures
 from fer_utils.app import predict
 from fer_utils.book import notebook
-from fer_utils.paths import REPO_ROOT
+from fer_utils.config.params import DEFAULTS
 from fer_utils.data.labels import EMOTIONS
 from fer_utils.engine.models import count_parameters
-from fer_utils.config.params import DEFAULTS
+from fer_utils.paths import display_path
 
 params, run_dir = notebook.start(params_file, run_dir, overrides)
 path = Path(checkpoint) if checkpoint else predict.BUNDLED_CHECKPOINT
@@ -51,16 +51,15 @@ if card is not None:
     trained = {**DEFAULTS, **ckpt.get("params", {})}
     history = pd.DataFrame(ckpt["history"]) if ckpt.get("history") else pd.DataFrame()
     best = card.best_metrics()
-    shown = path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
 
 # %% tags=["remove-input"]
 if card is None:
-    display(Markdown(f"**There is no bundled model in this checkout** (`{path}`), so there is nothing to "
-                     "describe. The demo uses the current run's checkpoint instead."))
+    display(Markdown(f"**There is no bundled model in this checkout** (`{display_path(path)}`), so there is "
+                     "nothing to describe. The demo uses the current run's checkpoint instead."))
 else:
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     rows = [
-        ("file", f"`{shown}` ({path.stat().st_size / 1e6:.1f} MB, sha256 `{digest[:16]}…`)"),
+        ("file", f"`{display_path(path)}` ({path.stat().st_size / 1e6:.1f} MB, sha256 `{digest[:16]}…`)"),
         ("model", f"{cfg['name']}, width {cfg['width']}, {count_parameters(card.model):,} parameters"
                   + (f", dropout {cfg['dropout']}" if cfg.get("dropout") else "")),
         ("input", f"{card.image_size}x{card.image_size} {'grayscale' if card.channels == 1 else 'RGB'} face crop, "
@@ -75,9 +74,9 @@ else:
     for key, value in (ckpt.get("provenance") or {}).items():
         rows.append((str(key).replace("_", " "), f"{value}"))
     display(Markdown("| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)))
-    changed = {k: v for k, v in ckpt.get("params", {}).items() if DEFAULTS.get(k) != v and k in DEFAULTS}
+    changed = notebook.shown_params(ckpt.get("params", {}))
     display(Markdown("Training parameters that differ from the project's defaults "
-                     "(`fer_utils/params.py` documents each):\n\n```yaml\n"
+                     "(`fer_utils/config/params.py` documents each):\n\n```yaml\n"
                      + (yaml.safe_dump(changed, sort_keys=False).rstrip() or "{}") + "\n```"))
 
 # %% [markdown]
@@ -87,22 +86,10 @@ else:
 if card is not None:
     # Scores stored with the checkpoint when it was bundled (the evaluation chapter's metrics.json format:
     # split -> n, accuracy, balanced_accuracy, macro_f1, their bootstrap 95% CIs, majority-guess scores, protocol).
-    metrics = {s: m for s, m in (ckpt.get("metrics") or {}).items() if isinstance(m, dict) and "accuracy" in m}
-
-    def _score(m, key, fmt):
-        ci = m.get(f"{key}_ci")
-        return fmt.format(m[key]) + (f" ({fmt.format(ci[0])} to {fmt.format(ci[1])})" if ci else "")
-
+    metrics = evaluate.split_headlines(ckpt.get("metrics") or {})
     if metrics:
-        lines = ["| split | images | accuracy | balanced accuracy | macro-F1 | majority guess: balanced accuracy "
-                 "| protocol |", "|---|---|---|---|---|---|---|"]
-        for split, m in metrics.items():
-            guess = (f"{m['majority_balanced_accuracy']:.1%} ({m.get('majority_class', '')})"
-                     if "majority_balanced_accuracy" in m else "")
-            lines.append(f"| {split} | {m.get('n', '')} | {_score(m, 'accuracy', '{:.1%}')} | "
-                         f"{_score(m, 'balanced_accuracy', '{:.1%}')} | {_score(m, 'macro_f1', '{:.3f}')} | "
-                         f"{guess} | {m.get('protocol', 'not recorded')} |")
-        display(Markdown("\n".join(lines) + ("\n\nIn brackets: bootstrap 95% confidence intervals (images "
+        table = evaluate.metrics_header(detail=True) + evaluate.metrics_rows(metrics, detail=True)
+        display(Markdown("\n".join(table) + ("\n\nIn brackets: bootstrap 95% confidence intervals (images "
                                              "resampled with replacement)." if any(
                                                  "accuracy_ci" in m for m in metrics.values()) else "")))
         for split, m in metrics.items():

@@ -27,6 +27,7 @@ def test_models_prefer_the_run_then_the_bundled_one(tmp_path, monkeypatch):
     text = demo.models_markdown(models, problems)
     assert text.startswith("Using this run's checkpoint") and "**Caution:**" in text and "synthetic" in text
     assert "Also available (choose it below): Using the bundled model" in text
+    assert "`.../best.pt`" in text and str(tmp_path) not in text  # no folder of this machine on the page
 
 
 def test_no_model_and_a_broken_one_are_explained(tmp_path, monkeypatch):
@@ -107,6 +108,8 @@ def test_model_card_reads_everything_from_the_checkpoint(tmp_path):
                      "no notion of contempt", "web images"):
         assert expected in text, expected
     assert "| checkpoint |" not in text  # metrics.json's checkpoint entry is not a split
+    # paths as a published page may show them: not this machine's folders
+    assert "`.../card.pt`" in text and "data_dir: '.../fer2013'" in text and str(tmp_path) not in text
 
 
 @pytest.mark.slow

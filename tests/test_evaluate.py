@@ -1,8 +1,10 @@
 """Evaluation, calibration and saliency: the numbers equal scikit-learn's, edge cases stay defined."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -12,6 +14,7 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, f1_score, 
                              precision_recall_fscore_support)
 
 from conftest import FER_DATA_DIR
+from fer_utils import metrics
 from fer_utils.analysis import calibration, evaluate, saliency
 from fer_utils.engine import checkpoint, train
 from fer_utils.data.datasets import open_dataset, read_folders
@@ -106,6 +109,57 @@ def test_is_balanced_needs_every_class_within_ten_percent():
     assert evaluate.is_balanced([100, 110, 105])
     assert not evaluate.is_balanced([100, 111, 105])
     assert not evaluate.is_balanced([100, 0, 100])  # an absent class is not "balanced"
+
+
+def test_one_scoring_definition_with_its_macro_f1_label_sets():
+    """Training, evaluation and the data chapter share metrics.scores; the label set of macro-F1 is named."""
+    y, guess = np.array([0, 0, 1, 1, 2]), np.full(5, 3)  # guessing a class the split lacks
+    acc, bal, f1_seen = metrics.scores(y, guess)
+    assert (acc, bal) == (0.0, 0.0) and f1_seen == 0.0
+    assert metrics.scores(y, guess, f1_over="true")[2] == 0.0
+    y, pred = np.array([0, 0, 1, 1]), np.array([0, 1, 1, 3])
+    assert metrics.scores(y, pred)[2] == pytest.approx(f1_score(y, pred, average="macro"))  # sklearn's own set
+    assert metrics.scores(y, pred, f1_over="true")[2] == pytest.approx(f1_score(y, pred, labels=[0, 1],
+                                                                                average="macro"))
+    names = np.asarray(CLASSES, dtype=object)
+    assert metrics.scores(names[y], names[pred]) == metrics.scores(y, pred)  # names or ids: the same numbers
+    s = metrics.summary(y, pred, 4)
+    assert (s["accuracy"], s["balanced_accuracy"], s["macro_f1"]) == metrics.scores(y, pred)
+    with pytest.raises(ValueError, match="f1_over"):
+        metrics.scores(y, pred, f1_over="all")
+
+
+def test_metrics_table_rows_for_the_front_page_and_the_model_card():
+    m = dict(n=3589, accuracy=0.6234, balanced_accuracy=0.5812, macro_f1=0.5723, accuracy_ci=[0.61, 0.64],
+             majority_class="happy", majority_balanced_accuracy=1 / 7, protocol="PublicTest")
+    metrics_json = dict(val=m, checkpoint=dict(path="best.pt", epoch=3))  # checkpoint is not a split
+    assert evaluate.metrics_header(run=True) == [
+        "| run | split | accuracy | balanced accuracy | macro-F1 | protocol |", "|---|---|---|---|---|---|"]
+    assert evaluate.metrics_rows(metrics_json, run="fer2013") == [
+        "| fer2013 | val | 62.3% | 58.1% | 0.572 | PublicTest |"]
+    assert len(evaluate.metrics_header(detail=True)[1].split("---")) == 8
+    assert evaluate.metrics_rows(metrics_json, detail=True) == [
+        "| val | 3589 | 62.3% (61.0% to 64.0%) | 58.1% | 0.572 | 14.3% (happy) | PublicTest |"]
+
+
+def test_calibration_json_holds_the_cross_fitted_numbers(tmp_path):
+    y, probs = fake_predictions(n=200, seed=4)
+    ty, tprobs = fake_predictions(n=100, seed=5)
+    for split, labels, p in (("val", y, probs), ("test", ty, tprobs)):
+        frame = evaluate.predictions_frame([f"{split}/{i}.jpg" for i in range(len(labels))], labels, p, CLASSES)
+        evaluate.save_predictions(frame, tmp_path, split)
+    ds = SimpleNamespace(classes=CLASSES, splits=["train", "val", "test"])
+    result = calibration.run(ds, tmp_path, seed=3)
+    saved = json.loads((tmp_path / "calibration.json").read_text())
+    stored = calibration.labelled_probs(evaluate.load_predictions(tmp_path, "val"), CLASSES)
+    expected = calibration.cross_fit_temperature(*stored, seed=3)
+    assert saved["split"] == "val" and saved["bins"] == calibration.N_BINS
+    assert saved["temperature"] == expected["temperature"] == result["temperature"]
+    assert saved["ece_after_heldout"] == expected["ece_after"] and saved["nll_after_heldout"] == expected["nll_after"]
+    test_probs, test_y = calibration.labelled_probs(evaluate.load_predictions(tmp_path, "test"), CLASSES)
+    scaled = calibration.apply_temperature(test_probs, expected["temperature"])
+    assert saved["test"] == result["test"] and saved["test"]["ece_after"] == calibration.ece(scaled, test_y)
+    assert calibration.run(SimpleNamespace(classes=CLASSES, splits=["train", "val"]), tmp_path)["test"] is None
 
 
 def test_ece_and_temperature_scaling():

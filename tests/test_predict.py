@@ -71,11 +71,57 @@ def test_no_checkpoint_anywhere_says_where_it_looked(tmp_path, monkeypatch):
         predict.load_predictor(tmp_path / "missing.pt")
 
 
-def test_not_a_checkpoint_is_refused(tmp_path):
-    bad = tmp_path / "bad.pt"
-    bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError):
-        predict.load_predictor(bad)
+def bad_checkpoints(folder: Path, tiny: Path) -> dict[str, Path]:
+    """Files named .pt that are not usable checkpoints: damaged ones and other programs' ones."""
+    good = torch.load(tiny, weights_only=True)
+    files = {"text": b"not a checkpoint", "empty": b"", "truncated": tiny.read_bytes()[:5000]}
+    out = {}
+    for name, data in files.items():
+        out[name] = folder / f"{name}.pt"
+        out[name].write_bytes(data)
+    objects = {"state_dict_only": good["model"], "a_list": [1, 2, 3], "other_format": {**good, "format": 99},
+               "no_classes": {k: v for k, v in good.items() if k != "classes"},
+               "config_missing_width": {**good, "model_config": {k: v for k, v in good["model_config"].items()
+                                                                 if k != "width"}},
+               "unknown_model": {**good, "model_config": {**good["model_config"], "name": "vgg"}}}
+    for name, obj in objects.items():
+        out[name] = folder / f"{name}.pt"
+        torch.save(obj, out[name])
+    torch.save(torch.nn.Linear(2, 2), folder / "pickled_module.pt")  # weights_only refuses whole modules
+    out["pickled_module"] = folder / "pickled_module.pt"
+    return out
+
+
+def test_damaged_or_foreign_checkpoint_is_refused_in_one_line(tmp_path, tiny):
+    for name, path in bad_checkpoints(tmp_path, tiny).items():
+        with pytest.raises(CheckpointError) as err:
+            predict.load_predictor(path)
+        assert str(err.value) == f"not a checkpoint of this project (or damaged): {path}", name
+    good = torch.load(tiny, weights_only=True)
+    wrong_shapes = tmp_path / "wrong_shapes.pt"
+    torch.save({**good, "model_config": {**good["model_config"], "width": 8}}, wrong_shapes)
+    with pytest.raises(CheckpointError) as err:
+        predict.load_predictor(wrong_shapes)
+    assert str(err.value) == f"{wrong_shapes}: weights do not fit the model 'resnet' it describes (damaged?)"
+
+
+def test_cli_damaged_checkpoint_is_one_error_line_without_traceback(tmp_path, tiny):
+    bad = bad_checkpoints(tmp_path, tiny)["truncated"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", "fer_utils", "predict", "face.png", "--checkpoint", str(bad)],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [f"error: not a checkpoint of this project (or damaged): {bad}"], proc.stderr
+
+
+@pytest.mark.parametrize("value, message", [("0", "must be at least 1, got 0"), ("-1", "must be at least 1, got -1"),
+                                            ("two", "'two' is not a whole number")])
+def test_cli_max_faces_below_one_is_a_usage_error(value, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        predict.main(["face.png", "--max-faces", value])  # refused before any checkpoint is loaded
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.splitlines()[-1].endswith(f"error: argument --max-faces: {message}"), err
+    assert "Traceback" not in err
 
 
 def test_a_synthetic_model_warns_about_real_photos(tmp_path):

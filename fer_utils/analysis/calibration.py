@@ -17,11 +17,17 @@ constant, which softmax ignores, so softmax(log p / T) = softmax(z / T).
 """
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import log_loss
+
+from ..data.datasets import Dataset
+from ..paths import write_text
+from . import evaluate
 
 N_BINS = 15
 _TINY = np.finfo(np.float64).tiny
@@ -158,3 +164,33 @@ def accuracy_by_confidence(probs, y_true, edges=DEFAULT_BUCKETS) -> pd.DataFrame
                              share=float(inside.mean()), confidence=float(conf[inside].mean()),
                              accuracy=float(correct[inside].mean())))
     return pd.DataFrame(rows, columns=["bucket", "lower", "upper", "count", "share", "confidence", "accuracy"])
+
+
+def labelled_probs(frame: pd.DataFrame, classes) -> tuple[np.ndarray, np.ndarray]:
+    """A predictions frame's (N, K) probabilities and true class ids, in `classes` order."""
+    classes = list(classes)
+    return evaluate.prob_columns(frame, classes), frame["true"].map(classes.index).to_numpy()
+
+
+def run(ds: Dataset, run_dir, seed: int = 0, split: str = "val") -> dict:
+    """The calibration step of the errors chapter: temperature scaling cross-fitted on the saved
+    predictions of `split` (`cross_fit_temperature`), the temperature fitted on all of them applied to the
+    test predictions when the dataset has a test split, and calibration.json written to the run folder.
+
+    Returns cross_fit_temperature's dict plus test (ece_before, ece_after, nll_before, nll_after on the test
+    split, or None)."""
+    run_dir = Path(run_dir)
+    probs, y = labelled_probs(evaluate.load_predictions(run_dir, split), ds.classes)
+    cal = cross_fit_temperature(probs, y, seed=seed)
+    test = None
+    if "test" in ds.splits and (run_dir / "predictions_test.csv").is_file():
+        tp, ty = labelled_probs(evaluate.load_predictions(run_dir, "test"), ds.classes)
+        scaled = apply_temperature(tp, cal["temperature"])
+        test = dict(ece_before=ece(tp, ty), ece_after=ece(scaled, ty), nll_before=nll(tp, ty),
+                    nll_after=nll(scaled, ty))
+    write_text(run_dir / "calibration.json", json.dumps(dict(
+        split=split, bins=N_BINS, temperature=cal["temperature"], fold_temperatures=cal["fold_temperatures"],
+        ece_before=cal["ece_before"], ece_after_heldout=cal["ece_after"],
+        ece_after_in_sample=cal["ece_after_in_sample"], nll_before=cal["nll_before"],
+        nll_after_heldout=cal["nll_after"], test=test), indent=2))
+    return dict(cal, test=test)

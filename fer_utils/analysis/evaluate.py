@@ -1,17 +1,20 @@
 """Evaluation: predictions of a trained checkpoint, per-split summaries, per-class tables.
 
+`run` is the evaluation step (the chapter calls it and displays what it returns); it writes the run
+folder's predictions_<split>.csv and metrics.json, which later chapters, the book's pages and the export of
+a model read.
+
 Every score is computed by scikit-learn from (true, predicted) labels, and every
 summary says which split it was measured on and what that split looks like:
 
-- accuracy: share of correct answers. On an imbalanced split it rewards the
-  majority class, so each summary carries what always answering the training
-  set's most frequent class scores on the same split.
-- balanced accuracy: mean per-class recall over the classes present in the
-  split (the balanced protocol; on a balanced split it equals accuracy).
-- macro-F1: mean F1 over the classes present in the split or predicted (a class
-  predicted but absent keeps F1 = 0: all those predictions are wrong; a class
-  neither present nor predicted has no F1 and is left out). This is scikit-learn's
-  default label set for `average="macro"`.
+- accuracy, balanced accuracy and macro-F1 are `fer_utils.metrics.scores`, the
+  definitions training's per-epoch validation uses, so the two can be compared
+  number for number. Accuracy rewards the majority class on an imbalanced split,
+  so each summary carries what always answering the training set's most
+  frequent class scores on the same split. Balanced accuracy is the mean
+  per-class recall over the classes present in the split (the balanced
+  protocol; on a balanced split it equals accuracy). Macro-F1 is over the
+  classes present or predicted.
 - weighted-F1: F1 averaged with the class supports as weights.
 
 Classes absent from a split are listed by name in the summary; nothing divides
@@ -25,8 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support,
-                             recall_score)
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
 from ..data.datasets import Dataset
 from ..data.images import load_split, open_image, to_array
@@ -34,7 +36,8 @@ from ..engine.checkpoint import CheckpointError, load_model
 from ..engine.runtime import amp_dtype as select_amp_dtype
 from ..engine.runtime import select_device, unwrap_model
 from ..engine.transforms import prepare_batch
-from ..paths import REPO_ROOT
+from ..metrics import scores
+from ..paths import REPO_ROOT, atomic_write, write_text
 
 BALANCED_RATIO = 1.1  # a split is "balanced" when its largest class is at most 10% above its smallest
 
@@ -105,11 +108,8 @@ def prob_columns(frame: pd.DataFrame, classes) -> np.ndarray:
 
 def save_predictions(frame: pd.DataFrame, run_dir, split: str) -> Path:
     """Write `predictions_<split>.csv` into the run folder (atomically); returns its path."""
-    path = Path(run_dir) / f"predictions_{split}.csv"
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=False, float_format="%.8g")
-    tmp.replace(path)
-    return path
+    return atomic_write(Path(run_dir) / f"predictions_{split}.csv",
+                        lambda tmp: frame.to_csv(tmp, index=False, float_format="%.8g"))
 
 
 def load_predictions(run_dir, split: str) -> pd.DataFrame:
@@ -134,14 +134,6 @@ def _as_ids(labels_, classes) -> np.ndarray:
 
 
 # -- summaries ----------------------------------------------------------------
-
-def scores(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float, float]:
-    """accuracy, balanced accuracy (mean recall over classes present in y_true), macro-F1 (sklearn)."""
-    present = np.unique(y_true)
-    return (float(accuracy_score(y_true, y_pred)),
-            float(recall_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
-            float(f1_score(y_true, y_pred, average="macro", zero_division=0)))
-
 
 def bootstrap_ci(y_true, y_pred, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
     """Percentile bootstrap CIs (resampling images with replacement, `n_boot` times) for accuracy, balanced
@@ -296,11 +288,7 @@ def save_metrics(summaries: list[dict], run_dir, **extra) -> Path:
     """metrics.json in the run folder: {split: headline(summary)}, plus `extra` top-level entries."""
     data = {s["split"]: headline(s) for s in summaries}
     data.update(extra)
-    path = Path(run_dir) / "metrics.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
-    return path
+    return write_text(Path(run_dir) / "metrics.json", json.dumps(data, indent=2))
 
 
 # -- the checkpoint -------------------------------------------------------------
@@ -400,3 +388,78 @@ def run_results(run_dir, split: str = "val") -> dict:
 def evaluation_splits(ds: Dataset) -> list[str]:
     """Validation, and test when the dataset has one."""
     return [s for s in ("val", "test") if s in ds.splits]
+
+
+TTA_NOTE = "; each face is predicted together with its mirror image (flip test-time augmentation)"
+
+
+def run(params: dict, ds: Dataset, run_dir, device) -> dict:
+    """The evaluation step, next to `engine.train.fit` and `analysis.ablation.run`: load the checkpoint
+    params["checkpoint"] names, predict every evaluation split (flip test-time augmentation when
+    params["tta_flip"]), write predictions_<split>.csv and metrics.json (which later chapters, the front
+    page and `app.export` read), and return what the evaluation chapter shows:
+
+    ckpt (the loaded checkpoint), per_split ({split: frame, summary, table (per_class_table), cm
+    (confusion)}, in `evaluation_splits` order), summaries, table (summary_table), reported (what training
+    logged on val for the checkpoint's epoch, or None) and recomputed (the same three scores recomputed
+    from the validation predictions under training's protocol, no test-time augmentation)."""
+    model, ckpt = load_for_evaluation(params, run_dir, ds, device)
+    majority = train_majority(ds)
+    batch, tta = 2 * params["batch_size"], params["tta_flip"]
+    per_split = {}
+    for split in evaluation_splits(ds):
+        frame, *_ = predict_split(model, ckpt, ds, split, batch, device, params["amp"], flip=tta)
+        save_predictions(frame, run_dir, split)
+        summary = split_summary(frame["true"], frame["predicted"], ds.classes, majority, params["bootstrap"],
+                                params["seed"], split)
+        if tta:
+            summary["protocol"] += TTA_NOTE
+        per_split[split] = dict(frame=frame, summary=summary,
+                                table=per_class_table(frame["true"], frame["predicted"], ds.classes),
+                                cm=confusion(frame["true"], frame["predicted"], ds.classes))
+    summaries = [r["summary"] for r in per_split.values()]
+    plain = predict_split(model, ckpt, ds, "val", batch, device, params["amp"])[0] if tta else per_split["val"]["frame"]
+    save_metrics(summaries, run_dir, checkpoint=dict(
+        path=str(ckpt["path"]), epoch=int(ckpt["epoch"]), best_epoch=int(ckpt["best_epoch"]),
+        selected_by="validation macro-F1", model=ckpt["model_config"]["name"]))
+    return dict(ckpt=ckpt, per_split=per_split, summaries=summaries, table=summary_table(summaries),
+                reported=reported_by_training(ckpt), recomputed=scores(plain["true"], plain["predicted"]))
+
+
+# -- metrics.json on a page ---------------------------------------------------------
+
+def split_headlines(metrics: dict) -> dict:
+    """The per-split entries of a metrics.json dict (or of a bundled checkpoint's "metrics"): entries such as
+    "checkpoint" that are not a split's headline are left out."""
+    return {split: m for split, m in metrics.items() if isinstance(m, dict) and "accuracy" in m}
+
+
+def metrics_header(run: bool = False, detail: bool = False) -> list[str]:
+    """The header of the Markdown table `metrics_rows` fills (same `run` and `detail`)."""
+    columns = (["run"] if run else []) + ["split"] + (["images"] if detail else []) + [
+        "accuracy", "balanced accuracy", "macro-F1"] + (["majority guess: balanced accuracy"] if detail else []) + [
+        "protocol"]
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
+def metrics_rows(metrics: dict, run: str | None = None, detail: bool = False) -> list[str]:
+    """Markdown table rows, one per split of a metrics.json dict: the one table of headline scores that the
+    book's front page, its comparison of runs and the model card show.
+
+    run: a first column with the run's name (pages that list several runs). detail: the number of images,
+    the bootstrap 95% CIs in brackets after each score (where recorded) and the majority guess's balanced
+    accuracy (the model card, whose checkpoint carries no evaluation chapter to read them in)."""
+    def score(m, key, fmt):
+        ci = m.get(f"{key}_ci") if detail else None
+        return fmt.format(m[key]) + (f" ({fmt.format(ci[0])} to {fmt.format(ci[1])})" if ci else "")
+
+    rows = []
+    for split, m in split_headlines(metrics).items():
+        cells = ([run] if run is not None else []) + [split] + ([str(m.get("n", ""))] if detail else []) + [
+            score(m, "accuracy", "{:.1%}"), score(m, "balanced_accuracy", "{:.1%}"), score(m, "macro_f1", "{:.3f}")]
+        if detail:
+            cells.append(f"{m['majority_balanced_accuracy']:.1%} ({m.get('majority_class', '')})"
+                         if "majority_balanced_accuracy" in m else "")
+        cells.append(m.get("protocol", "not recorded"))
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows

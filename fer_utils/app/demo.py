@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..analysis import figures
 from ..engine.checkpoint import CheckpointError
-from ..paths import CACHE_DIR, NOTEBOOK_DIR, REPO_ROOT
+from ..paths import CACHE_DIR, NOTEBOOK_DIR, display_path
 from . import predict
 from .faces import MAX_PIXELS, ImageError
 
@@ -53,17 +53,11 @@ def load_models(run_dir=None) -> tuple[dict, list[str]]:
         try:
             predictor = predict.load_predictor(path)
         except (CheckpointError, OSError) as err:
-            problems.append(f"{path} could not be loaded: {err}")
+            problems.append(f"{display_path(path)} could not be loaded: {err}")
             continue
         predictor.source = source
         models[source] = predictor
     return models, problems
-
-
-def _short(path: Path) -> Path:
-    """A path relative to the repository when it is inside it."""
-    path = Path(path)
-    return path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
 
 
 def models_markdown(models: dict, problems: list[str]) -> str:
@@ -72,10 +66,10 @@ def models_markdown(models: dict, problems: list[str]) -> str:
     lines = []
     if not models:
         lines.append("**No model is available**, so the demo cannot classify faces: there is no checkpoint of "
-                     f"this run (`best.pt`) and no bundled model (`{_short(predict.BUNDLED_CHECKPOINT)}`). "
+                     f"this run (`best.pt`) and no bundled model (`{display_path(predict.BUNDLED_CHECKPOINT)}`). "
                      "Train one with `make book PARAMS=params/fer2013.yaml`.")
     for i, predictor in enumerate(models.values()):
-        lines.append(("" if i == 0 else "Also available (choose it below): ") + predictor.describe())
+        lines.append(("" if i == 0 else "Also available (choose it below): ") + predictor.describe(for_page=True))
         if i == 0 and predictor.warning():
             lines.append(f"**Caution:** {predictor.warning()}")
     lines += [f"**Problem:** {p}" for p in problems]

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from ..engine.checkpoint import CheckpointError, load_model
-from ..paths import WEIGHTS_DIR
+from ..paths import WEIGHTS_DIR, display_path
 from . import faces as faces_mod
 from .faces import ImageError
 
@@ -57,12 +57,14 @@ class Predictor:
         name = str(params.get("dataset", "unknown data"))
         return name + (f" data in `{Path(params['data_dir']).name}`" if params.get("data_dir") else "")
 
-    def describe(self) -> str:
-        """One sentence: which checkpoint, and what it is."""
+    def describe(self, for_page: bool = False) -> str:
+        """One sentence: which checkpoint, and what it is. for_page: the path without this machine's folders
+        (a published page must not leak them; the command line shows the full path)."""
         where = {"given": "the checkpoint you gave", "run": "this run's checkpoint",
                  "bundled": "the bundled model"}[self.source]
         cfg = self.checkpoint["model_config"]
-        text = (f"Using {where}, `{self.path}`: {cfg['name']} (width {cfg['width']}), trained on "
+        path = display_path(self.path) if for_page else self.path
+        text = (f"Using {where}, `{path}`: {cfg['name']} (width {cfg['width']}), trained on "
                 f"{self.dataset} ({len(self.classes)} classes: {', '.join(self.classes)}), "
                 f"{self.image_size}x{self.image_size} {'grayscale' if self.channels == 1 else 'RGB'} faces")
         best = self.best_metrics()
@@ -204,6 +206,18 @@ def json_lines(file: str, result: ImagePrediction, digits: int = 6) -> list[str]
     return lines
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts that must be at least 1: `--max-faces 0` would classify no face and `-1`
+    would silently drop the smallest one, so both are refused with argparse's one-line usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(prog=prog or "python -m fer_utils.app.predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="photo files (JPEG, PNG, WebP, ...)")
@@ -212,7 +226,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     group.add_argument("--run-dir", help="use RUN_DIR/best.pt if it exists (else the bundled model)")
     parser.add_argument("--no-detect", action="store_true",
                         help="no face detection: each image is already one cropped face")
-    parser.add_argument("--max-faces", type=int, default=faces_mod.MAX_FACES,
+    parser.add_argument("--max-faces", type=positive_int, default=faces_mod.MAX_FACES,
                         help=f"classify at most this many faces per photo, largest first (default {faces_mod.MAX_FACES})")
     args = parser.parse_args(argv)
 

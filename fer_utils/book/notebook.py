@@ -1,4 +1,5 @@
-"""What every chapter notebook does first, whether papermill or a person runs it."""
+"""What every chapter notebook does first, whether papermill or a person runs it; and how the params of a
+run are shown on a page."""
 from __future__ import annotations
 
 import random
@@ -7,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import params as params_mod
-from ..paths import PARAMS_DIR, run_dir as named_run_dir
+from ..paths import PARAMS_DIR, display_path, run_dir as named_run_dir
 
 
 def start(params_file=None, run_dir=None, overrides=None):
@@ -27,3 +28,11 @@ def start(params_file=None, run_dir=None, overrides=None):
     random.seed(params["seed"])
     np.random.seed(params["seed"])
     return params, run_dir
+
+
+def shown_params(params: dict) -> dict:
+    """The params that differ from the defaults (`config.params.non_default`), as a page shows them: an
+    absolute path (data_dir, a checkpoint) through `display_path`, so no page leaks the building machine's
+    folders. The front page, the comparison of runs and the model card list these."""
+    return {k: display_path(v) if isinstance(v, str) and Path(v).expanduser().is_absolute() else v
+            for k, v in params_mod.non_default(params).items()}

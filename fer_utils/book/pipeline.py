@@ -26,9 +26,11 @@ from pathlib import Path
 
 import yaml
 
+from ..analysis import evaluate
 from ..config import params as params_mod
 from ..data.datasets import DataError, open_dataset
-from ..paths import BOOK_DIR, BUILD_DIR, NOTEBOOK_DIR, REPO_ROOT, RUNS_DIR
+from ..paths import BOOK_DIR, BUILD_DIR, NOTEBOOK_DIR, REPO_ROOT, RUNS_DIR, atomic_write, display_path, write_text
+from .notebook import shown_params
 
 PACKAGES = ("torch", "torchvision", "numpy", "pandas", "scikit-learn", "opencv-python-headless", "plotly",
             "papermill", "jupytext", "jupyter-book")
@@ -66,6 +68,8 @@ def _device() -> str:
 
 
 def provenance(params: dict, ds) -> dict:
+    """What a run was built from, for provenance.json (complete: data_dir is this machine's path; the pages
+    show it with `display_path`)."""
     versions = {}
     for name in PACKAGES:
         try:
@@ -139,6 +143,8 @@ def execute(notebook: Path, run_dir: Path) -> None:
             f"notebook {notebook.name} failed in cell {err.cell_index} (execution count {err.exec_count}): "
             f"{err.ename}: {err.evalue}\n  partial output: {partial}\n  cell source:\n"
             + "\n".join("    " + line for line in err.source.splitlines())) from None
+    # `partial` is the temporary file and this rename atomic_write's last step; not atomic_write itself,
+    # which would delete the partial output of a failed chapter that the error above points the reader to.
     os.replace(partial, run_dir / f"{notebook.stem}.ipynb")
 
 
@@ -184,7 +190,7 @@ def run(params_file: Path, overrides: dict, force: bool = False, dry_run: bool =
     if not dry_run:
         run_dir.mkdir(parents=True, exist_ok=True)
         params_mod.save(params, run_dir / "params.yaml")
-        (run_dir / "provenance.json").write_text(json.dumps(provenance(params, ds), indent=2))
+        write_text(run_dir / "provenance.json", json.dumps(provenance(params, ds), indent=2))
     notebooks = chapters()
     for i, notebook in enumerate(notebooks, 1):
         key = cache_key(notebook, params, ds.fingerprint)
@@ -197,7 +203,7 @@ def run(params_file: Path, overrides: dict, force: bool = False, dry_run: bool =
         t0 = time.perf_counter()
         execute(notebook, run_dir)
         keys[notebook.stem] = key
-        keys_file.write_text(json.dumps(keys, indent=2))
+        write_text(keys_file, json.dumps(keys, indent=2))
         log(f"{tag}: done in {time.perf_counter() - t0:.1f} s")
     return run_dir
 
@@ -205,25 +211,14 @@ def run(params_file: Path, overrides: dict, force: bool = False, dry_run: bool =
 def _metric_rows(run_dir: Path) -> list[str]:
     """Markdown table rows of a run's headline metrics (from the evaluation chapter's metrics.json)."""
     f = run_dir / "metrics.json"
-    if not f.is_file():
-        return []
-    rows = []
-    for split, m in json.loads(f.read_text()).items():
-        if isinstance(m, dict) and "accuracy" in m:
-            rows.append(f"| {run_dir.name} | {split} | {m['accuracy']:.1%} | {m['balanced_accuracy']:.1%} | "
-                        f"{m['macro_f1']:.3f} | {m.get('protocol', '')} |")
-    return rows
-
-
-METRIC_HEADER = ["| run | split | accuracy | balanced accuracy | macro-F1 | protocol |",
-                 "|---|---|---|---|---|---|"]
+    return evaluate.metrics_rows(json.loads(f.read_text()), run=run_dir.name) if f.is_file() else []
 
 
 def _comparison_page(run_dirs: list[Path]) -> str:
     lines = ["# Runs compared", "", "Every run of this batch, with its headline metrics and the split and "
              "protocol they were measured on. Accuracy on an imbalanced split is not comparable with accuracy "
              "on a balanced one: compare balanced accuracy and macro-F1 across datasets.", ""]
-    lines += METRIC_HEADER
+    lines += evaluate.metrics_header(run=True)
     for run_dir in run_dirs:
         rows = _metric_rows(run_dir)
         lines += rows or [f"| {run_dir.name} | - | - | - | - | not evaluated |"]
@@ -231,8 +226,7 @@ def _comparison_page(run_dirs: list[Path]) -> str:
     for run_dir in run_dirs:
         prov = json.loads((run_dir / "provenance.json").read_text())
         params = yaml.safe_load((run_dir / "params.yaml").read_text())
-        changed = ", ".join(f"`{k}={v}`" for k, v in params.items()
-                            if params_mod.DEFAULTS.get(k) != v and k != "run_name")
+        changed = ", ".join(f"`{k}={v}`" for k, v in shown_params(params).items() if k != "run_name")
         lines.append(f"| {run_dir.name} | {prov['dataset']} | `{prov['data_fingerprint']}` | {changed} |")
     return "\n".join(lines) + "\n"
 
@@ -240,13 +234,13 @@ def _comparison_page(run_dirs: list[Path]) -> str:
 def _front_page(run_dir: Path) -> str:
     prov = json.loads((run_dir / "provenance.json").read_text())
     params = yaml.safe_load((run_dir / "params.yaml").read_text())
-    changed = {k: v for k, v in params.items() if params_mod.DEFAULTS.get(k) != v}
+    changed = shown_params(params)
     metrics = _metric_rows(run_dir)
-    headline = ["## Headline results", "", *METRIC_HEADER, *metrics, ""] if metrics else []
+    headline = ["## Headline results", "", *evaluate.metrics_header(run=True), *metrics, ""] if metrics else []
     lines = [(BOOK_DIR / "intro.md").read_text().rstrip(), "", *headline, "## This build", "",
              "| | |", "|---|---|",
              f"| run | `{prov['run_name']}` |",
-             f"| dataset | {prov['dataset']} (`{prov['data_dir']}`) |",
+             f"| dataset | {prov['dataset']} (`{display_path(prov['data_dir'])}`) |",
              f"| data fingerprint | `{prov['data_fingerprint']}` |",
              f"| classes | {len(prov['classes'])}: {', '.join(prov['classes'])} |",
              "| images | " + ", ".join(f"{s} {n:,}" for s, n in prov["images"].items()) + " |",
@@ -282,7 +276,7 @@ def _copy_for_book(executed: Path, target: Path) -> None:
             data = output.get("data", {})
             if PLOTLY_JSON in data and "text/html" in data:
                 del data[PLOTLY_JSON]
-    nbformat.write(nb, target)
+    atomic_write(target, lambda tmp: nbformat.write(nb, str(tmp)))
 
 
 def build_book(run_dirs: list[Path]) -> Path:
@@ -298,8 +292,8 @@ def build_book(run_dirs: list[Path]) -> Path:
         f"Run <code>{prov['run_name']}</code>: dataset {prov['dataset']}, data fingerprint "
         f"<code>{prov['data_fingerprint']}</code>, parameters <code>runs/{prov['run_name']}/params.yaml</code>, "
         f"commit <code>{prov['git_commit'][:12]}</code>.")
-    (src / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
-    (src / "index.md").write_text(_front_page(run_dir))
+    write_text(src / "_config.yml", yaml.safe_dump(config, sort_keys=False))
+    write_text(src / "index.md", _front_page(run_dir))
     pages = []
     for notebook in chapters():
         executed = run_dir / f"{notebook.stem}.ipynb"
@@ -307,10 +301,10 @@ def build_book(run_dirs: list[Path]) -> Path:
             _copy_for_book(executed, src / executed.name)
             pages.append(dict(file=notebook.stem))
     if len(run_dirs) > 1:
-        (src / "runs.md").write_text(_comparison_page(run_dirs))
+        write_text(src / "runs.md", _comparison_page(run_dirs))
         pages.append(dict(file="runs"))
-    (src / "_toc.yml").write_text(yaml.safe_dump(dict(format="jb-book", root="index",
-                                                      chapters=pages), sort_keys=False))
+    write_text(src / "_toc.yml", yaml.safe_dump(dict(format="jb-book", root="index", chapters=pages),
+                                                sort_keys=False))
     staging = BUILD_DIR / "staging"
     shutil.rmtree(staging, ignore_errors=True)
     jb = Path(sys.executable).with_name("jupyter-book")

@@ -18,7 +18,7 @@ MODELS: dict[str, ModelSpec] = {
     "baseline_cnn": ModelSpec("the original study's plain CNN (no batch norm)", 8),
     "regularized_cnn": ModelSpec("the plain CNN with batch norm, dropout and DropBlock", 8),
     "resnet": ModelSpec("a small ResNet sized for 48-224 px faces", 8),
-    "resnet18": ModelSpec("torchvision's ResNet-18 (ImageNet weights if cached locally)", 16),
+    "resnet18": ModelSpec("torchvision's ResNet-18 (ImageNet weights if cached locally)", 8),
 }
 
 # format -> the layout its reader expects (quoted in the error when data are missing)

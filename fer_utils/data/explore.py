@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from PIL import Image
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
+from ..metrics import scores
 from .datasets import Dataset
 from .images import open_image, to_array
 
@@ -23,7 +23,8 @@ def imbalance_ratio(counts: pd.Series) -> float:
 
 
 def majority_baseline(ds: Dataset, counts: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Scores of always answering the train split's most frequent class, on every split."""
+    """Scores of always answering the train split's most frequent class, on every split (`metrics.scores`;
+    macro-F1 over the classes present in the split, so a guessed class the split lacks does not count)."""
     counts = class_counts(ds) if counts is None else counts
     reference = "train" if "train" in counts else counts.columns[0]
     majority = counts[reference].idxmax()
@@ -31,11 +32,9 @@ def majority_baseline(ds: Dataset, counts: pd.DataFrame | None = None) -> pd.Dat
     rows = []
     for split in counts.columns:
         y = ds.split(split)["label"].to_numpy()
-        guess = np.full_like(y, label)
-        rows.append(dict(split=split, images=len(y), guess=majority,
-                         accuracy=accuracy_score(y, guess),
-                         balanced_accuracy=balanced_accuracy_score(y, guess),
-                         macro_f1=f1_score(y, guess, labels=np.unique(y), average="macro", zero_division=0)))
+        accuracy, balanced_accuracy, macro_f1 = scores(y, np.full_like(y, label), f1_over="true")
+        rows.append(dict(split=split, images=len(y), guess=majority, accuracy=accuracy,
+                         balanced_accuracy=balanced_accuracy, macro_f1=macro_f1))
     return pd.DataFrame(rows)
 
 

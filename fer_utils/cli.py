@@ -3,6 +3,7 @@
     fer book params/default.yaml            execute the chapters and build the book (book.pipeline)
     fer train params/x.yaml                 train a model (engine.train; torchrun works on the module)
     fer predict photo.jpg                   emotions of the faces in photos (app.predict)
+    fer video clip.mp4 --out annotated.mp4  emotions over time of the faces in a video (app.video)
     fer demo                                the upload demo as a Voila app (app.demo)
     fer export runs/fer2013                 a run's best checkpoint as a bundled model (app.export)
     fer publish                             the built book as an offline site (book.publish)
@@ -20,6 +21,7 @@ COMMANDS = {
     "book": "fer_utils.book.pipeline",
     "train": "fer_utils.engine.train",
     "predict": "fer_utils.app.predict",
+    "video": "fer_utils.app.video",
     "demo": "fer_utils.app.demo",
     "export": "fer_utils.app.export",
     "publish": "fer_utils.book.publish",

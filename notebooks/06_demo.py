@@ -15,8 +15,9 @@
 # # Try it on your own photo
 #
 # Drop in a photo and see what the model thinks. Each face in it is found with
-# OpenCV's frontal-face detector (a Haar cascade that ships with OpenCV: nothing
-# is downloaded), cut out as a square with a small margin, turned into exactly
+# the YuNet face detector (the `yuface` package, its weights built in; OpenCV's
+# Haar cascade where it is not installed: nothing is downloaded either way), cut
+# out as a square with a small margin, turned into exactly
 # what the model was trained on (grayscale or colour, resized to its image size,
 # normalised the same way) and classified. The photo never leaves your computer.
 #
@@ -58,6 +59,22 @@ display(Markdown(
 # %% tags=["remove-cell"]
 app = demo.DemoApp(models)
 display(app.widget)
+
+# %% [markdown]
+# ## Live camera, or a video
+#
+# *Start camera* shows your camera here and sends a few frames a second to the
+# model; each face found gets a box with its id and its emotion, smoothed over
+# the last half second. Browsers allow the camera only on localhost or over
+# HTTPS. Or upload a video file: each face is followed through it and its
+# emotions are shown over time (the same path as `fer video`, see the video
+# chapter).
+
+# %% tags=["remove-cell"]
+from fer_utils.app import camera
+
+live = camera.LiveApp(next(iter(models.values()), None), demo.MAX_UPLOAD_MB)
+display(live.widget)
 
 # %% [markdown]
 # ## Example: the sample photo

@@ -86,7 +86,7 @@ def valence_arousal(frame: pd.DataFrame, classes, limit: int = 4000, seed: int =
 
 # -- evaluation and error analysis --------------------------------------------
 
-def _emotion_colors(names) -> dict[str, str]:
+def emotion_colors(names) -> dict[str, str]:
     """One fixed colour per emotion (AffectNet id order), so a class looks the same in every figure."""
     palette = px.colors.qualitative.Plotly
     order = list(EMOTIONS) + [n for n in names if n not in EMOTIONS]
@@ -134,7 +134,7 @@ def confusion_bars(cm: pd.DataFrame, title: str = "What each true class was pred
     classes = [str(c) for c in cm.index]
     fig = px.bar(long, x="true", y="images", color="predicted", barmode="stack",
                  category_orders=dict(true=classes, predicted=[str(c) for c in cm.columns]),
-                 color_discrete_map=_emotion_colors(classes), hover_data=dict(share=":.1%"),
+                 color_discrete_map=emotion_colors(classes), hover_data=dict(share=":.1%"),
                  labels=dict(true="true class", images="images", predicted="predicted as"), title=title)
     fig.update_layout(legend=dict(title="predicted as"))
     return fig
@@ -275,7 +275,7 @@ def errors_valence_arousal(frame: pd.DataFrame, classes, title: str | None = Non
     fig.add_scatter(x=right["valence"], y=right["arousal"], mode="markers", name=f"correct ({len(right):,})",
                       marker=dict(color="lightgray", size=5), text=right["true"],
                       hovertemplate="correct: %{text}<br>valence %{x:.2f}, arousal %{y:.2f}<extra></extra>")
-    colors = _emotion_colors(list(classes))
+    colors = emotion_colors(list(classes))
     for c in classes:
         sub = wrong[wrong["true"] == c]
         if len(sub):
@@ -396,7 +396,7 @@ def _image_trace(image: np.ndarray, max_side: int = 900, scale_to: tuple[int, in
 def photo_faces(image: np.ndarray, boxes: list, labels: list[str], title: str = "") -> go.Figure:
     """The photo with a numbered box per face ((x, y, w, h) in photo pixels) and its label."""
     height, width = image.shape[:2]
-    colors = _emotion_colors(sorted({lab.split(" ")[0] for lab in labels}))
+    colors = emotion_colors(sorted({lab.split(" ")[0] for lab in labels}))
     fig = go.Figure(_image_trace(image))
     for i, ((x, y, w, h), label) in enumerate(zip(boxes, labels), 1):
         color = colors.get(label.split(" ")[0], "#ffcc00")
@@ -416,7 +416,7 @@ def face_probabilities(crop: np.ndarray, probabilities: dict[str, float], title:
 
     names, values = list(probabilities), list(probabilities.values())
     top = names[int(np.argmax(values))]
-    colors = _emotion_colors(names)
+    colors = emotion_colors(names)
     face = crop[0] if crop.shape[0] == 1 else crop.transpose(1, 2, 0)
     fig = make_subplots(rows=1, cols=2, column_widths=[0.28, 0.72], horizontal_spacing=0.08,
                         subplot_titles=("what the model sees", "probability"))

@@ -147,7 +147,7 @@ class ImagePrediction:
 
 
 @contextmanager
-def _cpu_threads(n: int):
+def cpu_threads(n: int):
     """Run with `n` torch CPU threads, then restore. A batch of a few 48-96 px faces is far too small to
     share between threads: on a busy CPU two threads spin-wait for each other and one image took 30 ms
     to over 1 s instead of ~7 ms with one thread (benchmarks/predict_latency.py)."""
@@ -168,7 +168,7 @@ def classify(predictor: Predictor, image: Image.Image, face_list: list) -> list[
     crops, x = faces_mod.model_input(image, face_list, predictor.image_size, predictor.channels)
     predictor.model.eval()
     small = predictor.device.type == "cpu" and len(face_list) * predictor.image_size ** 2 <= 16 * 96 * 96
-    with _cpu_threads(1 if small else torch.get_num_threads()):
+    with cpu_threads(1 if small else torch.get_num_threads()):
         logits = predictor.model(x.to(predictor.device))
     probs = torch.softmax(logits.float(), dim=1).double().cpu().numpy()
     out = []

@@ -1,11 +1,15 @@
 """Training throughput: the full training loop vs the model step alone.
 
     python benchmarks/train_throughput.py [--steps 6] [--repeats 3] [--batch-size 128]
+    python benchmarks/train_throughput.py --configs resnet18:0:224:3 --batch-size 32 --steps 7 --num-workers 2
 
 "model only": forward + backward + optimiser step on a normalised float batch already in
 memory. "loop": fer_utils.engine.train.train_one_epoch on uint8 images in memory: batch gathering,
 every augmentation on, normalisation, loss bookkeeping, per-step NaN check, scheduler.
 The ratio says what the input pipeline costs (target: loop >= 90% of model only).
+With --num-workers N the loop reads the images as large data is read: from a disk-backed .npy
+(memory-mapped, as data.images.load_split's cache) through sampling.BatchLoader's N persistent
+workers; the timed steps exclude the workers' start, as every epoch after the first does.
 Each figure is the best of `repeats` alternating runs: on shared cores the best run is the
 one least disturbed by other processes. On a busy machine, `--threads 1 --cpu-time` measures
 process CPU time instead of wall time: with one thread it does not count the time slices other
@@ -14,7 +18,11 @@ processes take, so the ratio stays meaningful.
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
+
+import numpy as np
 
 import torch
 from torch import nn
@@ -26,18 +34,19 @@ from fer_utils.config.params import DEFAULTS
 AUGMENT = dict(aug_flip=True, aug_rotate=10.0, aug_crop=0.8, aug_jitter=0.2, aug_blur=0.2, aug_erasing=0.25)
 
 
-def setup(name: str, width: int, size: int, batch_size: int, steps: int):
-    params = dict(DEFAULTS, model=name, width=width, image_size=size, batch_size=batch_size, epochs=1000, **AUGMENT)
+def setup(name: str, width: int, size: int, channels: int, batch_size: int, steps: int, num_classes: int = 7):
+    params = dict(DEFAULTS, model=name, width=width, image_size=size, channels=channels, batch_size=batch_size,
+                  epochs=1000, **AUGMENT)
     torch.manual_seed(0)
-    model = create_model(name, 7, 1, size, width).to(memory_format=torch.channels_last)
+    model = create_model(name, num_classes, channels, size, width).to(memory_format=torch.channels_last)
     optimizer = optim.make_optimizer(model, params)
     scheduler = optim.make_scheduler(optimizer, params, steps)
     return params, model, optimizer, scheduler
 
 
-def model_only(name, width, size, batch_size, steps, clock=time.perf_counter) -> float:
-    params, model, optimizer, scheduler = setup(name, width, size, batch_size, steps)
-    x = torch.randn(batch_size, 1, size, size).contiguous(memory_format=torch.channels_last)
+def model_only(name, width, size, channels, batch_size, steps, clock=time.perf_counter) -> float:
+    params, model, optimizer, scheduler = setup(name, width, size, channels, batch_size, steps)
+    x = torch.randn(batch_size, channels, size, size).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 7, (batch_size,))
     criterion = nn.CrossEntropyLoss()
     model.train()
@@ -52,28 +61,35 @@ def model_only(name, width, size, batch_size, steps, clock=time.perf_counter) ->
     return steps * batch_size / (clock() - start)
 
 
-def full_loop(name, width, size, batch_size, steps, clock=time.perf_counter) -> float:
-    params, model, optimizer, scheduler = setup(name, width, size, batch_size, steps)
+def full_loop(name, width, size, channels, batch_size, steps, clock=time.perf_counter, num_workers=0) -> float:
+    params, model, optimizer, scheduler = setup(name, width, size, channels, batch_size, steps)
     n = (steps + 1) * batch_size
-    x = torch.randint(0, 256, (n, 1, size, size), dtype=torch.uint8)
+    x = torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8)
     y = torch.randint(0, 7, (n,))
     batches = sampling.batch_indices(sampling.epoch_order(y.numpy(), 7, params, epoch=1), batch_size)
     criterion = nn.CrossEntropyLoss()
     device = torch.device("cpu")
-    # warm-up step outside the timing, as for model_only
-    train.train_one_epoch(model, optimizer, scheduler, criterion, sampling.iterate_batches(x, y, batches[:1], device),
-                          params, 1, device, 1)
-    start = clock()
-    stats = train.train_one_epoch(model, optimizer, scheduler, criterion,
-                                  sampling.iterate_batches(x, y, batches[1:], device), params, 1, device, steps)
-    return stats["seen"] / (clock() - start)
+    with tempfile.TemporaryDirectory() as tmp:
+        if num_workers:  # as large data: a memory-mapped file, batches gathered by persistent workers
+            path = Path(tmp) / "x.npy"
+            np.save(path, x.numpy())
+            x, y = sampling.BatchLoader(np.load(path, mmap_mode="c"), y.numpy(), num_workers, device), None
+
+        def epoch(part, steps_):
+            return train.train_one_epoch(model, optimizer, scheduler, criterion,
+                                         sampling.iterate_batches(x, y, part, device, num_workers), params, 1,
+                                         device, steps_)
+        epoch(batches[:1], 1)  # warm-up step outside the timing, as for model_only (and the workers' start)
+        start = clock()
+        stats = epoch(batches[1:], steps)
+        return stats["seen"] / (clock() - start)
 
 
-def pipeline_only(size, batch_size, steps, clock=time.perf_counter) -> float:
-    """Batch gathering + augmentation + normalisation alone (what the loop adds to the model step)."""
+def pipeline_only(size, channels, batch_size, steps, clock=time.perf_counter) -> float:
+    """Batch gathering (in memory) + augmentation + normalisation alone (what the loop adds to the model step)."""
     params = dict(DEFAULTS, **AUGMENT)
     n = (steps + 1) * batch_size
-    x = torch.randint(0, 256, (n, 1, size, size), dtype=torch.uint8)
+    x = torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8)
     y = torch.randint(0, 7, (n,))
     batches = sampling.batch_indices(sampling.epoch_order(y.numpy(), 7, params, epoch=1), batch_size)
     g = torch.Generator().manual_seed(0)
@@ -90,23 +106,32 @@ def main():
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--cpu-time", action="store_true", help="time with process CPU time (use with --threads 1)")
+    parser.add_argument("--configs", nargs="+", default=["baseline_cnn:16:48:1", "baseline_cnn:16:96:1",
+                                                          "resnet:16:48:1", "resnet:16:96:1"],
+                        help="models as name:width:size:channels (default: the small-face models)")
+    parser.add_argument("--num-workers", type=int, default=0,
+                        help="0: images in memory; N: from a memory-mapped file through N DataLoader workers")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     clock = time.process_time if args.cpu_time else time.perf_counter
-    configs = [("baseline_cnn", 16, 48), ("baseline_cnn", 16, 96), ("resnet", 16, 48), ("resnet", 16, 96)]
+    configs = [(name, int(width), int(size), int(channels))
+               for name, width, size, channels in (c.split(":") for c in args.configs)]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
-          f"{args.steps} steps x best of {args.repeats}, {'CPU' if args.cpu_time else 'wall'} time; augmentations: {AUGMENT}")
-    print(f"{'model':<14}{'width':>6}{'size':>6}{'model only img/s':>18}{'loop img/s':>12}{'loop/model':>12}"
+          f"{args.steps} steps x best of {args.repeats}, {'CPU' if args.cpu_time else 'wall'} time, "
+          + (f"loop from a memory map through {args.num_workers} workers" if args.num_workers else "loop in memory")
+          + f"; augmentations: {AUGMENT}")
+    print(f"{'model':<14}{'width':>6}{'size':>6}{'ch':>4}{'model only img/s':>18}{'loop img/s':>12}{'loop/model':>12}"
           f"{'pipeline only img/s':>21}")
-    for name, width, size in configs:
+    for name, width, size, channels in configs:
         alone = loop = pipeline = 0.0
         for _ in range(args.repeats):
-            alone = max(alone, model_only(name, width, size, args.batch_size, args.steps, clock))
-            loop = max(loop, full_loop(name, width, size, args.batch_size, args.steps, clock))
-            pipeline = max(pipeline, pipeline_only(size, args.batch_size, args.steps, clock))
-        print(f"{name:<14}{width:>6}{size:>6}{alone:>18.0f}{loop:>12.0f}{loop / alone:>12.1%}{pipeline:>21.0f}",
-              flush=True)
+            alone = max(alone, model_only(name, width, size, channels, args.batch_size, args.steps, clock))
+            loop = max(loop, full_loop(name, width, size, channels, args.batch_size, args.steps, clock,
+                                       args.num_workers))
+            pipeline = max(pipeline, pipeline_only(size, channels, args.batch_size, args.steps, clock))
+        print(f"{name:<14}{width:>6}{size:>6}{channels:>4}{alone:>18.1f}{loop:>12.1f}{loop / alone:>12.1%}"
+              f"{pipeline:>21.0f}", flush=True)
 
 
 if __name__ == "__main__":

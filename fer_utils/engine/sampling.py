@@ -6,6 +6,7 @@ sees the same batches, and `num_workers` changes nothing.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -48,7 +49,11 @@ def batch_indices(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
 
 
 class ArrayDataset(torch.utils.data.Dataset):
-    """uint8 arrays served a whole batch at a time (DataLoader calls __getitems__ with a batch's indices)."""
+    """uint8 arrays served a whole batch at a time (DataLoader calls __getitems__ with a batch's indices).
+
+    `x` may be a memory map (data.images.load_split's cache): each batch is gathered from it, so the
+    images never need to fit in memory. Pickled (workers started by spawn or forkserver), a memory map
+    travels as its file name and is mapped again, instead of as a copy of every image."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray):
         self.x, self.y = x, y
@@ -59,23 +64,79 @@ class ArrayDataset(torch.utils.data.Dataset):
     def __getitems__(self, idx):
         return torch.from_numpy(self.x[idx]), torch.from_numpy(self.y[idx])
 
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        if isinstance(self.x, np.memmap):
+            state["x"] = _MappedFile(self.x.filename, self.x.offset, self.x.dtype.str, self.x.shape)
+        return state
+
+    def __setstate__(self, state):
+        if isinstance(state["x"], _MappedFile):
+            f = state["x"]
+            state["x"] = np.memmap(f.filename, np.dtype(f.dtype), "c", f.offset, f.shape)
+        self.__dict__.update(state)
+
+
+class _MappedFile(NamedTuple):
+    """How a pickled ArrayDataset names its memory-mapped images: the file and where the array lies in it."""
+    filename: str
+    offset: int
+    dtype: str
+    shape: tuple
+
 
 def _as_batch(batch):
     return batch
 
 
+class _EpochBatches:
+    """The batch sampler of a long-lived DataLoader: `batches` is replaced before each epoch. The loader
+    reads it in the main process, so persistent workers see each epoch's order."""
+
+    def __init__(self):
+        self.batches: list[list[int]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+
+class BatchLoader:
+    """A DataLoader over uint8 arrays (in memory or a memory map) for a whole run: `num_workers` processes
+    gather batches, PREFETCH batches each ahead of the model, into pinned memory on CUDA. Its workers
+    persist across epochs (each new start of a worker re-imports torch: seconds under spawn)."""
+
+    PREFETCH = 2  # batches each worker keeps ready: hides uneven reads; more only costs host memory
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, num_workers: int, device: torch.device):
+        if num_workers < 1:
+            raise ValueError(f"BatchLoader needs num_workers >= 1, not {num_workers}")
+        self.device = device
+        self.sampler = _EpochBatches()
+        # A fixed generator: the loader must not draw from the global RNG (dropout's), so that
+        # num_workers does not change training.
+        self.loader = torch.utils.data.DataLoader(
+            ArrayDataset(x, y), batch_sampler=self.sampler, num_workers=num_workers, collate_fn=_as_batch,
+            pin_memory=device.type == "cuda", persistent_workers=True, prefetch_factor=self.PREFETCH,
+            generator=torch.Generator().manual_seed(0))
+
+    def epoch(self, batches: list[torch.Tensor]):
+        """Yield (uint8 images, labels) on the device for `batches`, in that order."""
+        self.sampler.batches = [b.tolist() for b in batches]
+        for xb, yb in self.loader:
+            yield xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
+
+
 def iterate_batches(x, y, batches: list[torch.Tensor], device: torch.device, num_workers: int = 0):
     """Yield (uint8 images, labels) on `device`. num_workers == 0: `x`, `y` are tensors already there.
-    Otherwise a DataLoader with workers and pinned memory gathers each batch from numpy arrays."""
+    Otherwise `x` is a BatchLoader made once for the run (its workers persist), or numpy arrays `x`, `y`
+    for which a BatchLoader is made for this call."""
     if num_workers == 0:
         for idx in batches:
             idx = idx.to(x.device)
             yield x[idx], y[idx]
         return
-    # A fixed generator: the loader must not draw from the global RNG (dropout's), so that
-    # num_workers does not change training.
-    loader = torch.utils.data.DataLoader(
-        ArrayDataset(x, y), batch_sampler=[b.tolist() for b in batches], num_workers=num_workers,
-        collate_fn=_as_batch, pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0))
-    for xb, yb in loader:
-        yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+    loader = x if isinstance(x, BatchLoader) else BatchLoader(x, y, num_workers, device)
+    yield from loader.epoch(batches)

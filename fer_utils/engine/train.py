@@ -47,7 +47,8 @@ from .optim import make_optimizer, make_scheduler
 from .runtime import TrainingError, amp_dtype as select_amp_dtype, log, rank0_first, select_device, unwrap_model
 from .runtime import rank_and_world
 from .runtime import seed as mix_seed
-from .sampling import AUGMENT, GLOBAL, batch_indices, class_weights, epoch_order, iterate_batches, shard
+from .sampling import (AUGMENT, GLOBAL, BatchLoader, batch_indices, class_weights, epoch_order, iterate_batches,
+                       shard)
 from .transforms import prepare_batch
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy",
@@ -239,9 +240,12 @@ def load_arrays(run: Run) -> Arrays:
 
 
 def to_device(arrays: Arrays, run: Run) -> None:
-    """In memory (num_workers == 0): the uint8 arrays sit on the training device once. With workers they
-    stay in host memory and a DataLoader gathers each batch."""
+    """In memory (num_workers == 0): the uint8 arrays sit on the training device once (on the CPU,
+    torch.from_numpy wraps the cache's memory map without a copy). With workers the arrays stay where
+    load_split left them (for large data: memory maps of the cache files) and x_train becomes a
+    BatchLoader, made once so that its workers live for the whole run and gather each batch."""
     if run.params["num_workers"] != 0:
+        arrays.x_train = BatchLoader(arrays.x_train, arrays.y_train, run.params["num_workers"], run.device)
         return
     try:
         arrays.x_train = torch.from_numpy(arrays.x_train).to(run.device)

@@ -15,19 +15,31 @@ from photos import FER2013_CLASSES, tiny_checkpoint
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_models_prefer_the_run_then_the_bundled_one(tmp_path, monkeypatch):
+def test_models_prefer_a_real_data_run_then_the_bundled_one(tmp_path, monkeypatch):
     monkeypatch.setattr(predict, "BUNDLED_CHECKPOINT", tiny_checkpoint(tmp_path / "bundled.pt", seed=2))
     run = tmp_path / "run"
     run.mkdir()
     models, problems = demo.load_models(run)
     assert list(models) == ["bundled"] and problems == []
-    tiny_checkpoint(run / "best.pt", dataset="synthetic")
+    tiny_checkpoint(run / "best.pt", dataset="folders")
     models, problems = demo.load_models(run)
     assert list(models) == ["run", "bundled"]
     text = demo.models_markdown(models, problems)
-    assert text.startswith("Using this run's checkpoint") and "**Caution:**" in text and "synthetic" in text
+    assert text.startswith("Using this run's checkpoint") and "**Caution:**" not in text
     assert "Also available (choose it below): Using the bundled model" in text
     assert "`.../best.pt`" in text and str(tmp_path) not in text  # no folder of this machine on the page
+
+
+def test_a_synthetic_data_model_is_never_the_default_for_photos(tmp_path, monkeypatch):
+    monkeypatch.setattr(predict, "BUNDLED_CHECKPOINT", tiny_checkpoint(tmp_path / "bundled.pt", seed=2))
+    run = tmp_path / "run"
+    run.mkdir()
+    tiny_checkpoint(run / "best.pt", dataset="synthetic")
+    models, problems = demo.load_models(run)
+    assert list(models) == ["bundled", "run"]  # the run's cartoon-face model is offered, second
+    text = demo.models_markdown(models, problems)
+    assert text.startswith("Using the bundled model") and "**Caution:**" not in text.split("Also available")[0]
+    assert "Also available (choose it below): Using this run's checkpoint" in text
 
 
 def test_no_model_and_a_broken_one_are_explained(tmp_path, monkeypatch):

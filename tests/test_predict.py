@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fer_utils.analysis import evaluate
 from fer_utils.app import faces, predict
 from fer_utils.engine.checkpoint import CheckpointError
 from photos import FACE, FER2013_CLASSES, astronaut, encode, face_tiles, iou, noise, png_header, tiny_checkpoint
@@ -286,3 +287,41 @@ def test_export_keeps_what_predicting_needs_and_nothing_machine_specific(tmp_pat
     exported = predict.predict_image(photo, predict.load_predictor(out))
     original = predict.predict_image(photo, predict.load_predictor(run_dir / "best.pt"))
     assert exported[0].probabilities == pytest.approx(original[0].probabilities)
+
+
+# -- the protocol users get: the book's headline ----------------------------------------
+
+def _with_metrics(tmp_path, tta: bool):
+    """A tiny model exported with the evaluation's metrics (report split scored with or without flip TTA)."""
+    path = tiny_checkpoint(tmp_path / f"tta-{tta}.pt", seed=3)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["metrics"] = {"test": {"accuracy": 0.5, "tta": tta}}
+    torch.save(ckpt, path)
+    return path
+
+
+@pytest.mark.parametrize("tta", [True, False])
+def test_cli_default_protocol_is_the_checkpoints_headline_protocol(tmp_path, tta):
+    path = _with_metrics(tmp_path, tta)
+    photo = tmp_path / "astronaut.png"
+    photo.write_bytes(encode(astronaut()))
+    default, plain, flipped = (json.loads(_cli(photo, "--checkpoint", path, *flags).stdout.splitlines()[0])
+                               for flags in ([], ["--no-tta"], ["--tta"]))
+    assert default["probabilities"] == (flipped if tta else plain)["probabilities"]
+    assert plain["probabilities"] != flipped["probabilities"]
+    # the photo's one face, scored as evaluate.predict scores it: mean logits of the face and its mirror image
+    predictor = predict.load_predictor(path)
+    face = predict.predict_image(encode(astronaut()), predictor)[0]
+    crop = torch.from_numpy(face.crop[None])
+    expected = evaluate.predict(predictor.model, crop, flip=tta)[0]
+    assert [face.probabilities[c] for c in predictor.classes] == pytest.approx(expected.tolist(), abs=1e-6)
+
+
+def test_run_metrics_decide_the_protocol_only_for_the_checkpoint_they_scored(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    tiny_checkpoint(run / "best.pt")
+    (run / "metrics.json").write_text(json.dumps({"test": {"tta": True}, "checkpoint": {"path": str(run / "best.pt")}}))
+    assert predict.load_predictor(run_dir=run).tta
+    tiny_checkpoint(run / "last.pt")
+    assert not predict.load_predictor(run / "last.pt").tta  # metrics.json scored best.pt, not this file

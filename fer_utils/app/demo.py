@@ -41,7 +41,10 @@ def sample_photo() -> bytes:
 
 def load_models(run_dir=None) -> tuple[dict, list[str]]:
     """Predictors to offer: {"run": this run's best.pt, "bundled": the package's model}, whichever load,
-    the run's first; and messages for those that exist but could not be loaded."""
+    the default first; and messages for those that exist but could not be loaded.
+
+    The run's model is the default only when it was trained on real faces: a model of the synthetic
+    cartoon faces answers real photos at random, so the bundled model goes first then."""
 
     models, problems = {}, []
     candidates = []
@@ -57,7 +60,8 @@ def load_models(run_dir=None) -> tuple[dict, list[str]]:
             continue
         predictor.source = source
         models[source] = predictor
-    return models, problems
+    real_first = sorted(models, key=lambda source: models[source].warning() is not None)  # stable: run, bundled
+    return {source: models[source] for source in real_first}, problems
 
 
 def models_markdown(models: dict, problems: list[str]) -> str:

@@ -1,6 +1,6 @@
 """Emotions of the faces in a photo, from a trained checkpoint.
 
-    python -m fer_utils.app.predict IMAGE... [--checkpoint C | --run-dir RUN] [--no-detect] [--max-faces N]
+    fer predict IMAGE... [--checkpoint C | --run-dir RUN] [--no-detect] [--max-faces N] [--no-tta | --tta]
 
 prints one JSON line per face:
     {"file": ..., "face": 1, "box": [x, y, w, h], "detected": true, "label": "happy",
@@ -10,6 +10,8 @@ still processed and the exit status is 1 at the end. Which checkpoint was used g
 
 Which model: an explicit checkpoint; else the run's best.pt (`run_dir`) when it exists; else the
 model bundled with the package (BUNDLED_CHECKPOINT). `load_predictor` says which it took.
+Protocol: the one the model's evaluation reported as its headline (flip test-time augmentation or
+one pass per face), so users get the numbers the book shows; --no-tta / --tta override it.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..engine import inference
 from ..engine.checkpoint import CheckpointError, load_model
 from ..paths import WEIGHTS_DIR, display_path
 from . import faces as faces_mod
@@ -49,6 +52,7 @@ class Predictor:
     image_size: int
     channels: int
     device: torch.device
+    tta: bool = False      # flip test-time augmentation: the checkpoint's headline protocol unless overridden
 
     @property
     def dataset(self) -> str:
@@ -66,7 +70,8 @@ class Predictor:
         path = display_path(self.path) if for_page else self.path
         text = (f"Using {where}, `{path}`: {cfg['name']} (width {cfg['width']}), trained on "
                 f"{self.dataset} ({len(self.classes)} classes: {', '.join(self.classes)}), "
-                f"{self.image_size}x{self.image_size} {'grayscale' if self.channels == 1 else 'RGB'} faces")
+                f"{self.image_size}x{self.image_size} {'grayscale' if self.channels == 1 else 'RGB'} faces; "
+                + ("each face averaged with its mirror image (flip TTA)" if self.tta else "one pass per face"))
         best = self.best_metrics()
         if best:
             text += (f"; validation macro-F1 {best['val_macro_f1']:.3f}, balanced accuracy "
@@ -107,6 +112,17 @@ def find_checkpoint(checkpoint=None, run_dir=None) -> tuple[Path, str]:
                             + ". Train one (make book PARAMS=params/fer2013.yaml) or pass --checkpoint.")
 
 
+def _run_metrics(path: Path) -> dict | None:
+    """The evaluation's metrics.json beside a run's checkpoint, when it scored that very file (an exported
+    model carries its own metrics instead)."""
+    metrics_file = path.parent / "metrics.json"
+    if not metrics_file.is_file():
+        return None
+    metrics = json.loads(metrics_file.read_text())
+    scored = Path(metrics.get("checkpoint", {}).get("path", "")).name
+    return metrics if scored == path.name else None
+
+
 def load_predictor(checkpoint=None, run_dir=None, device: str = "cpu") -> Predictor:
     """Load a checkpoint for inference (see `find_checkpoint` for which). Raises NoCheckpointError,
     or CheckpointError for a file that is not a usable checkpoint."""
@@ -114,9 +130,10 @@ def load_predictor(checkpoint=None, run_dir=None, device: str = "cpu") -> Predic
     path, source = find_checkpoint(checkpoint, run_dir)
     model, ckpt = load_model(path, device)
     cfg = ckpt["model_config"]
+    metrics = _run_metrics(path)
     return Predictor(model=model, checkpoint=ckpt, path=path, source=source, classes=list(ckpt["classes"]),
                      image_size=int(cfg["image_size"]), channels=int(cfg["in_channels"]),
-                     device=torch.device(device))
+                     device=torch.device(device), tta=inference.headline_tta(ckpt, metrics))
 
 
 @dataclass
@@ -164,13 +181,14 @@ def cpu_threads(n: int):
 
 @torch.inference_mode()
 def classify(predictor: Predictor, image: Image.Image, face_list: list) -> list[FacePrediction]:
-    """Class probabilities for faces (faces.Face) of an RGB image, in one batch."""
+    """Class probabilities for faces (faces.Face) of an RGB image, in one batch, under the predictor's
+    protocol (`predictor.tta`: flip test-time augmentation or one pass)."""
     crops, x = faces_mod.model_input(image, face_list, predictor.image_size, predictor.channels)
     predictor.model.eval()
     small = predictor.device.type == "cpu" and len(face_list) * predictor.image_size ** 2 <= 16 * 96 * 96
     with cpu_threads(1 if small else torch.get_num_threads()):
-        logits = predictor.model(x.to(predictor.device))
-    probs = torch.softmax(logits.float(), dim=1).double().cpu().numpy()
+        logits = inference.logits(predictor.model, x.to(predictor.device), flip=predictor.tta)
+    probs = torch.softmax(logits, dim=1).double().cpu().numpy()
     out = []
     for face, crop, p in zip(face_list, crops, probs):
         p = p / p.sum()
@@ -218,8 +236,23 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
+    """--tta / --no-tta, shared by the photo and video commands (default: the checkpoint's headline protocol)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--no-tta", dest="tta", action="store_false", default=None,
+                       help="one pass per face (default: the protocol the model's evaluation reported)")
+    group.add_argument("--tta", dest="tta", action="store_true", default=None,
+                       help="average each face with its mirror image (flip test-time augmentation)")
+
+
+def apply_protocol_arguments(predictor: Predictor, args: argparse.Namespace) -> None:
+    if args.tta is not None:
+        predictor.tta = args.tta
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=prog or "python -m fer_utils.app.predict", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=prog or "python -m fer_utils.app.predict",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="photo files (JPEG, PNG, WebP, ...)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--checkpoint", help="a checkpoint (.pt) made by fer_utils.train")
@@ -227,7 +260,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--no-detect", action="store_true",
                         help="no face detection: each image is already one cropped face")
     parser.add_argument("--max-faces", type=positive_int, default=faces_mod.MAX_FACES,
-                        help=f"classify at most this many faces per photo, largest first (default {faces_mod.MAX_FACES})")
+                        help="classify at most this many faces per photo, largest first "
+                             f"(default {faces_mod.MAX_FACES})")
+    add_protocol_arguments(parser)
     args = parser.parse_args(argv)
 
     try:
@@ -235,6 +270,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except (NoCheckpointError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    apply_protocol_arguments(predictor, args)
     print(predictor.describe().replace("`", ""), file=sys.stderr)
     if predictor.warning():
         print(f"warning: {predictor.warning()}", file=sys.stderr)

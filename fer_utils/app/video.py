@@ -45,7 +45,8 @@ from ..data.explore import sample_faces
 from ..engine.checkpoint import CheckpointError
 from ..paths import atomic_write
 from . import faces as faces_mod
-from .predict import NoCheckpointError, classify, cpu_threads, load_predictor
+from .predict import (NoCheckpointError, add_protocol_arguments, apply_protocol_arguments, classify, cpu_threads,
+                      load_predictor, positive_int)
 
 SMOOTH_S = 0.5        # EMA time constant (seconds): long enough to hide single-frame flips, short enough to follow
 MAX_GAP_S = 0.5       # a track unseen this long is forgotten (a face that comes back later gets a new id)
@@ -591,13 +592,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--checkpoint", help="a checkpoint (.pt) made by the training engine")
     group.add_argument("--run-dir", help="use RUN_DIR/best.pt if it exists (else the bundled model)")
-    parser.add_argument("--max-faces", type=int, default=faces_mod.MAX_FACES,
-                        help=f"classify at most this many faces per frame, largest first (default {faces_mod.MAX_FACES})")
+    parser.add_argument("--max-faces", type=positive_int, default=faces_mod.MAX_FACES,
+                        help="classify at most this many faces per frame, largest first "
+                             f"(default {faces_mod.MAX_FACES})")
     parser.add_argument("--detect-side", type=int, default=DETECT_SIDE,
                         help=f"detect faces on a copy at most this many pixels wide/high (default {DETECT_SIDE})")
     parser.add_argument("--detector", choices=list(faces_mod.DETECTORS),
                         help=f"face detector (default {faces_mod.default_detector()})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_protocol_arguments(parser)
     args = parser.parse_args(argv)
     if args.every < 1:
         parser.error("--every must be 1 or more")
@@ -609,6 +612,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except (NoCheckpointError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    apply_protocol_arguments(predictor, args)
     print(predictor.describe().replace("`", ""), file=sys.stderr)
     try:
         summary = process_video(args.input, predictor, args.out, csv_path, every=args.every, smooth_s=args.smooth,

@@ -27,9 +27,9 @@ overrides = {}
 # %% tags=["remove-cell"]
 from IPython.display import Markdown, display
 
-from fer_utils.analysis import figures
+from fer_utils.analysis import evaluate, figures
 from fer_utils.book import notebook
-from fer_utils.data import explore
+from fer_utils.data import explore, splits
 from fer_utils.data.datasets import open_dataset
 from fer_utils.data.images import load_split
 from fer_utils.paths import display_path
@@ -50,9 +50,43 @@ display(Markdown(
 ))
 
 # %% [markdown]
+# ## What each split is for
+#
+# A score is honest only on images that made no choice. Every split has one
+# role: **train** fits the weights; **val**, the *selection split*, chooses (the
+# best epoch, early stopping, test-time augmentation, the calibration
+# temperature); **test**, the *report split*, is scored once per run and
+# chooses nothing. Images of a later role whose pixels equal an image of an
+# earlier one are set aside in `<split>_dup`, so no face is scored that the
+# model was trained or selected on.
+
+# %% tags=["remove-input"]
+display(Markdown("\n".join(f"- **{split}**: {line}" for split, line in ds.split_roles.items())))
+dup_counts = splits.duplicate_counts(ds)
+if dup_counts.empty:
+    display(Markdown("No image of val or test has the same pixels as an earlier split's image"
+                     + ("" if params["dedup"] else " that was checked: deduplication is off (`dedup: false`)") + "."))
+else:
+    display(Markdown("Duplicates moved aside, per split: images moved, distinct duplicated images, and those "
+                     "whose copies carry different labels:"))
+    display(dup_counts.style.hide(axis="index"))
+    conflicting = ds.duplicates[ds.duplicates["conflicting"]]
+    display(Markdown(
+        f"{len(ds.duplicates):,} images in all; {len(conflicting):,} of them disagree with an earlier copy's "
+        f"label" + (": the same face carries two emotions, a measure of the labels' noise." if len(conflicting)
+                    else ".")))
+    if len(conflicting):
+        display(conflicting[["split", "location", "label", "duplicate_of", "label_of_duplicate"]]
+                .head(20).style.hide(axis="index"))
+        if len(conflicting) > 20:
+            display(Markdown(f"(the first 20 of {len(conflicting):,}; all are in `ds.duplicates`)"))
+
+# %% [markdown]
 # ## Classes and their imbalance
 #
-# Each bar is a class's share of its split; hover for the count.
+# Each bar is a class's share of its split; hover for the count. The
+# set-aside splits (`_dup`, and `heldout` where a dataset has a second test
+# split) are counted too.
 
 # %% tags=["remove-input"]
 figures.class_bars(counts).show()
@@ -83,9 +117,13 @@ display(Markdown(
 baseline = explore.majority_baseline(ds, counts)
 display(baseline.style.format(dict(accuracy="{:.1%}", balanced_accuracy="{:.1%}", macro_f1="{:.3f}"))
         .hide(axis="index"))
-display(Markdown(" ".join(
-    f"On **{r.split}**, always answering *{r.guess}* scores {r.accuracy:.1%} accuracy but only "
-    f"{r.balanced_accuracy:.1%} balanced accuracy." for r in baseline.itertuples())))
+lines = []
+for r in baseline.itertuples():
+    acc, bal, _ = evaluate.percent_pair(r.accuracy, r.balanced_accuracy)
+    lines.append(f"On **{r.split}**, always answering *{r.guess}* scores {acc} accuracy "
+                 + ("and as much balanced accuracy." if acc == bal else f"but only {bal} balanced accuracy."
+                    if r.accuracy > r.balanced_accuracy else f"and {bal} balanced accuracy."))
+display(Markdown(" ".join(lines)))
 
 # %% [markdown]
 # ## Sample faces
@@ -118,8 +156,33 @@ display(Markdown(f"The model sees **{params['image_size']}x{params['image_size']
 # %% tags=["remove-input"]
 if "valence" in ds.frame and ds.frame["valence"].notna().any():
     figures.valence_arousal(ds.frame, ds.classes, seed=params["seed"]).show()
+    va = ds.frame.dropna(subset=["valence", "arousal"])
+    explained = {v: 1 - va.groupby("emotion")[v].var(ddof=0).mul(va["emotion"].value_counts(normalize=True))
+                 .sum() / va[v].var(ddof=0) for v in ("valence", "arousal")}
+    display(Markdown(
+        f"The class explains {explained['valence']:.0%} of the variance of valence and {explained['arousal']:.0%} "
+        f"of arousal (all splits, {len(va):,} faces): the rest varies within each class."))
 else:
     display(Markdown(f"*This format ({ds.format}) has no valence or arousal annotations.*"))
+
+# %% tags=["remove-input"]
+if "clean_emotion" in ds.frame:
+    noise = (ds.frame["emotion"] != ds.frame["clean_emotion"]).groupby(ds.frame["split"], sort=False).mean()
+    agree = (1 - noise) ** 2 + noise ** 2 / (len(ds.classes) - 1)  # two noisy labels, noise spread uniformly
+    display(Markdown(
+        "**What these synthetic data can and cannot support.** The generator knows each face's clean label and "
+        "replaced a share of them by another class (`synthetic_label_noise` = "
+        f"{params['synthetic_label_noise']:g}); measured: " + ", ".join(
+            f"{noise[s]:.1%} of the {s} labels" for s in noise.index) + f" differ from the clean ones, so two noisy "
+        f"labels of one face would agree about {agree.mean():.0%} of the time, and accuracy against the noisy "
+        f"labels is capped near {1 - noise.mean():.0%} for a model that finds every clean class. The data can "
+        "support that the pipeline is correct (a model learns the drawn expressions), comparisons of recipes on "
+        "the same controlled task, and what label noise does to scores and calibration. They cannot support any "
+        "number for real faces, a comparison with published results, or a claim about people of any group: the "
+        "faces are drawn, not photographed."
+        + (f" Valence and arousal are not a function of the class (it explains {explained['valence']:.0%} and "
+           f"{explained['arousal']:.0%} of their variance), so they carry information of their own."
+           if "valence" in ds.frame and ds.frame["valence"].notna().any() else "")))
 
 # %% [markdown]
 # ## What was left out
@@ -136,5 +199,10 @@ if skips.empty:
 else:
     display(Markdown(f"**{int(skips['count'].sum()):,} items skipped:**"))
     display(skips.style.hide(axis="index"))
+if ds.format == "ferplus":
+    reasons = ds.skipped["reason"].str.replace(r":.*", "", regex=True).value_counts()
+    display(Markdown(
+        f"The FER+ **{params['ferplus_rule']}** rule (`ferplus_rule`) kept {len(ds.frame):,} faces and dropped "
+        f"{len(ds.skipped):,}: " + ", ".join(f"{n:,} {reason}" for reason, n in reasons.items()) + "."))
 for note in ds.notes:
     display(Markdown(f"- Note: {note}."))

@@ -15,8 +15,9 @@
 # # Training
 #
 # The model named by the `model` parameter is trained on the train split and
-# checked on the validation split after every epoch. The checkpoint with the
-# best validation macro-F1 is kept (`best.pt`) beside the last one (`last.pt`);
+# checked on the val split (the *selection split*: it chooses, and is not the
+# report split) after every epoch. The checkpoint with the best val macro-F1
+# is kept (`best.pt`) beside the last one (`last.pt`);
 # both are plain state_dicts with the params, class names and data fingerprint.
 # A finished checkpoint for the same parameters and data is reused instead of
 # training again (set `retrain: true` to force it).
@@ -49,8 +50,8 @@ display(Markdown(
     f"**{params['model']}** (width {params['width']}) on {len(ds.split('train')):,} training images of "
     f"{len(ds.classes)} classes at {params['image_size']} px, {len(history)} epochs, "
     f"{how}; {result['images_per_s']:,.0f} training images/s on {runtime.select_device(params['device'])}.\n\n"
-    f"Best epoch **{best}** (by validation macro-F1). On the **validation split** "
-    f"({'balanced: accuracy and balanced accuracy coincide' if balanced else 'imbalanced: read balanced accuracy and macro-F1, not accuracy alone'}): "
+    f"Best epoch **{best}** (by val macro-F1). On the **val split** ({ds.split_roles['val']}; "
+    f"{'balanced: accuracy and balanced accuracy coincide' if balanced else 'imbalanced: read balanced accuracy and macro-F1, not accuracy alone'}): "
     f"accuracy {row['val_accuracy']:.1%}, balanced accuracy {row['val_balanced_accuracy']:.1%}, "
     f"macro-F1 {row['val_macro_f1']:.3f}."
 ))
@@ -58,12 +59,17 @@ display(Markdown(
 # %% [markdown]
 # ## Learning curves
 #
-# Loss (left) and scores (right) per epoch. Train accuracy is measured on the
-# augmented batches as they were trained, so it can sit below validation
-# accuracy when augmentation is strong. The dashed line marks the best epoch.
+# Per epoch: the train loss (left), the val loss (middle) and the scores
+# (right). The two losses are different quantities (their panel titles say
+# which), so each has its own axis. Train accuracy is measured on the
+# augmented batches as they were trained, so it can sit below val accuracy
+# when augmentation is strong. The dashed line marks the best epoch.
 
 # %% tags=["remove-input"]
-figures.training_curves(history, best).show()
+objective = ", ".join(["cross-entropy" + (" weighted by class" if params["imbalance"] == "weighted_loss" else "")]
+                      + ([f"label smoothing {params['label_smoothing']:g}"] if params["label_smoothing"] else [])
+                      + ([f"+ L1 {params['l1']:g}"] if params["l1"] else [])) + ", augmented batches"
+figures.training_curves(history, best, train_loss=objective).show()
 
 # %% [markdown]
 # ## Train-validation gap
@@ -74,10 +80,11 @@ figures.training_curves(history, best).show()
 # %% tags=["remove-input"]
 figures.train_val_gap(history).show()
 last = history.iloc[-1]
+train_acc, val_acc, gap = evaluate.percent_pair(last["train_accuracy"], last["val_accuracy"])
 display(Markdown(
-    f"After the last epoch the model scores {last['train_accuracy']:.1%} on train (augmented) and "
-    f"{last['val_accuracy']:.1%} on validation, a gap of {100 * (last['train_accuracy'] - last['val_accuracy']):+.1f} "
-    f"percentage points."
+    f"After the last epoch the model scores {train_acc} on train (augmented) and {val_acc} on val, "
+    + (f"no gap at this precision." if train_acc == val_acc else
+       f"{gap} percentage points {'lower' if last['val_accuracy'] < last['train_accuracy'] else 'higher'} on val.")
 ))
 
 # %% [markdown]

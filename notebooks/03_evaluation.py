@@ -14,10 +14,14 @@
 # %% [markdown]
 # # Evaluation
 #
-# The trained checkpoint answers every image of the validation split, and of
-# the test split when the dataset has one. Each answer is saved with the
-# model's probability for every class (`predictions_<split>.csv` in the run
-# folder), and every number on this page is computed from those files with
+# Each split has one role (the data chapter lists them): the **selection
+# split** (`val`) made every choice, the best epoch and whether flip test-time
+# augmentation is the protocol; the **report split** (`test`) made none, and
+# its numbers are the headline. The trained checkpoint answers every image of
+# both, and of the original report split with its duplicates of training
+# images put back when there are any. Each answer is saved with the model's
+# probability for every class (`predictions_<split>.csv` in the run folder),
+# and every number on this page is computed from those files with
 # scikit-learn. The headline numbers also go to `metrics.json`, which the
 # book's front page shows.
 
@@ -38,30 +42,46 @@ params, run_dir = notebook.start(params_file, run_dir, overrides)
 ds = open_dataset(params)
 evaluated = evaluate.run(params, ds, run_dir, select_device(params["device"]))
 ckpt, results, summaries, table = evaluated["ckpt"], evaluated["per_split"], evaluated["summaries"], evaluated["table"]
-reported, recomputed = evaluated["reported"], evaluated["recomputed"]
-splits, tta = list(results), params["tta_flip"]
+reported, recomputed, decision = evaluated["reported"], evaluated["recomputed"], evaluated["tta"]
+tta = decision["used"]
+report = "test" if "test" in results else "val"
+shown = [s for s in ("test", "val") if s in results]  # the splits with figures; test_original is a table row
+
+
+def named(split):
+    """A split as every title and summary names it: its name and its role."""
+    return f"{split} ({evaluate.ROLE[split]})"
+
 
 # %% tags=["remove-input"]
 cfg = ckpt["model_config"]
-chosen = {"best": "the epoch with the best validation macro-F1",
+chosen = {"best": "the epoch with the best val macro-F1",
           "last": "the last epoch"}.get(params["checkpoint"], "a checkpoint named by path")
-val_note = (" The best epoch was chosen on the validation split, so validation scores of `best.pt` are slightly "
-            "optimistic" + ("; the test split was never used for any choice." if "test" in splits
-                            else "; this dataset has no test split to check them on.")
-            if params["checkpoint"] == "best" else "")
 history_file = run_dir / "history.csv"
 trained = f" of {sum(1 for _ in history_file.open()) - 1}" if history_file.is_file() else ""
 display(Markdown(
-    f"Checkpoint `{ckpt['path'].name}` ({chosen}: epoch {ckpt['epoch']}{trained} trained): **{cfg['name']}** (width {cfg['width']}) at {cfg['image_size']} px, {len(ds.classes)} classes "
-    f"({', '.join(ds.classes)}). Evaluated on " + " and ".join(
-        f"**{s}** ({results[s]['summary']['n']:,} images)" for s in splits) + "." + val_note
+    f"Checkpoint `{ckpt['path'].name}` ({chosen}: epoch {ckpt['epoch']}{trained} trained): **{cfg['name']}** "
+    f"(width {cfg['width']}) at {cfg['image_size']} px, {len(ds.classes)} classes ({', '.join(ds.classes)}).\n\n"
+    + "\n".join(f"- **{split}**: {ds.split_roles[split]}" for split in ("test", "test_dup", "val")
+                 if split in ds.split_roles)
     + "".join(f"\n\n*Note: {n}.*" for n in ckpt["notes"])
 ))
+plain_f1, flip_f1 = decision["val_macro_f1_plain"], decision["val_macro_f1_flip"]
+display(Markdown(
+    f"**Protocol, chosen on the selection split (val):** macro-F1 on val is {plain_f1:.3f} with one prediction per "
+    f"face and {flip_f1:.3f} with flip test-time augmentation (the logits of each face and its mirror image "
+    f"averaged); flip minus plain, 95% bootstrap CI {decision['difference_ci'][0]:+.3f} to "
+    f"{decision['difference_ci'][1]:+.3f}. " + (f"The `tta_flip` parameter forces {'flip TTA' if tta else 'one prediction per face'}, so "
+                      f"that is the protocol of every number below." if decision["decided_by"].startswith("forced")
+                      else "Flip TTA raises val macro-F1, so it is the protocol of every number below."
+                      if tta else "Flip TTA does not raise val macro-F1, so every number below uses one "
+                      "prediction per face.")
+    + " The report split played no part in this choice."))
 
 # %% [markdown]
 # ## The same numbers as training reported
 #
-# The training chapter scored this checkpoint on the validation split as it
+# The training chapter scored this checkpoint on the selection split (val) as it
 # trained. This chapter decodes the images, rebuilds the model from the
 # checkpoint file and scores it again with scikit-learn; under the same protocol
 # (no test-time augmentation) the numbers must be the same.
@@ -73,14 +93,13 @@ else:
     names = ("accuracy", "balanced accuracy", "macro-F1")
     diff = max(abs(a - b) for a, b in zip(reported, recomputed))
     display(Markdown(
-        f"Training reported for epoch {ckpt['epoch']}: " + ", ".join(
-            f"{n} {v:.4f}" for n, v in zip(names, reported)) + ". Recomputed here"
-        + (" without test-time augmentation" if tta else "") + ": " + ", ".join(
-            f"{n} {v:.4f}" for n, v in zip(names, recomputed)) + ". "
+        f"Training reported for epoch {ckpt['epoch']} on **val** (selection split): " + ", ".join(
+            f"{n} {v:.4f}" for n, v in zip(names, reported)) + ". Recomputed here on val without test-time "
+        "augmentation: " + ", ".join(f"{n} {v:.4f}" for n, v in zip(names, recomputed)) + ". "
         + ("**They agree** (largest difference {:.1e}).".format(diff) if diff < 1e-6 else
            f"**They differ** by up to {diff:.4f}: the evaluation does not see what training saw.")
-        + (" The headline numbers below use flip test-time augmentation (`tta_flip`), so they differ from "
-           "training's by design." if tta else "")))
+        + (" The val numbers below use flip test-time augmentation, so they differ from training's by design."
+           if tta else "")))
 
 # %% [markdown]
 # ## Headline numbers, and what each one rewards
@@ -90,15 +109,18 @@ else:
 # interval (the images resampled with replacement; the interval shows how
 # much the number would move on another sample of the same size), and the
 # same numbers for a "model" that ignores the face and always answers the
-# training set's most frequent emotion.
+# training set's most frequent emotion. The report split comes first: it is
+# the headline. The selection split's numbers are optimistic, since the epoch
+# and the protocol were chosen on it.
 
 # %% tags=["remove-input"]
+display(Markdown("**Headline table**: " + "; ".join(named(s["split"]) for s in summaries) + "."))
 display(table.style.format(dict(accuracy="{:.1%}", balanced_accuracy="{:.1%}", macro_f1="{:.3f}",
                                 weighted_f1="{:.3f}"), na_rep="").hide(axis="index"))
 n_boot = params["bootstrap"]
 for s in summaries:
     lines = [
-        f"**{s['split']}** ({s['n']:,} images): {s['protocol']}.",
+        f"**{named(s['split'])}**, {s['n']:,} images: {s['protocol']}.",
         f"The model scores **{s['accuracy']:.1%}** accuracy (95% CI {s['accuracy_ci'][0]:.1%}–"
         f"{s['accuracy_ci'][1]:.1%}), **{s['balanced_accuracy']:.1%}** balanced accuracy "
         f"({s['balanced_accuracy_ci'][0]:.1%}–{s['balanced_accuracy_ci'][1]:.1%}) and macro-F1 "
@@ -106,27 +128,52 @@ for s in summaries:
         f"*{s['majority_class']}* scores {s['majority_accuracy']:.1%} accuracy, "
         f"{s['majority_balanced_accuracy']:.1%} balanced accuracy and macro-F1 {s['majority_macro_f1']:.3f}.",
     ]
-    gain = s["balanced_accuracy"] - s["majority_balanced_accuracy"]
-    lines.append(f"The model beats the majority guess by {gain * 100:.1f} percentage points of balanced accuracy."
-                 if gain > 0 else "**The model does not beat the majority guess** on balanced accuracy: it has "
+    model_bal, guess_bal, gain = evaluate.percent_pair(s["balanced_accuracy"], s["majority_balanced_accuracy"])
+    lines.append(f"The model beats the majority guess by {gain} percentage points of balanced accuracy."
+                 if s["balanced_accuracy"] > s["majority_balanced_accuracy"] and model_bal != guess_bal else
+                 "**The model does not beat the majority guess** on balanced accuracy: it has "
                  "not learned to tell the emotions apart (yet).")
+    acc, bal, gap = evaluate.percent_pair(s["accuracy"], s["balanced_accuracy"])
     if s["balanced"]:
         lines.append("Because every class has (nearly) the same number of images, accuracy and balanced accuracy "
-                     f"measure the same thing here ({s['accuracy']:.1%} vs {s['balanced_accuracy']:.1%}).")
+                     "measure the same thing here" + (f" (both {acc})." if acc == bal else f" ({acc} and {bal})."))
     else:
+        guess_acc, guess_b, guess_gap = evaluate.percent_pair(s["majority_accuracy"], s["majority_balanced_accuracy"])
         lines.append(
             f"Because this split is imbalanced, its accuracy is **not** measured under the balanced protocol of "
             f"published AffectNet-8 results. The balanced-protocol number for this split is its balanced "
-            f"accuracy, **{s['balanced_accuracy']:.1%}**, "
-            f"{abs(s['accuracy'] - s['balanced_accuracy']) * 100:.1f} percentage points "
-            f"{'below' if s['accuracy'] >= s['balanced_accuracy'] else 'above'} the accuracy; for the majority "
-            f"guess the gap is {abs(s['majority_accuracy'] - s['majority_balanced_accuracy']) * 100:.1f} points.")
+            f"accuracy, **{bal}**, " + ("equal to the accuracy at this precision" if acc == bal else
+                                       f"{gap} percentage points "
+                                       f"{'below' if s['accuracy'] > s['balanced_accuracy'] else 'above'} the accuracy")
+            + f"; for the majority guess the gap is {guess_gap} points.")
+    k = len(s["present_classes"])
+    lines.append(f"Balanced accuracy and macro-F1 both average over the {k} classes present in the split."
+                 if not s["f1_extra_classes"] else
+                 f"Balanced accuracy averages over the {k} classes present; macro-F1 also counts "
+                 f"{', '.join(s['f1_extra_classes'])} (predicted, but absent from the split: F1 0).")
     if s["absent_classes"]:
-        lines.append(f"This split has no images of {', '.join(s['absent_classes'])}: balanced accuracy is the mean "
-                     f"recall over the {len(s['present_classes'])} classes it has, and the absent classes' recall "
-                     f"is not measured.")
+        lines.append(f"This split has no images of {', '.join(s['absent_classes'])}: their recall is not measured.")
+    if "clean_accuracy" in s:
+        noisy, clean, _ = evaluate.percent_pair(s["accuracy"], s["clean_accuracy"])
+        lines.append(f"These synthetic labels are noisy: {s['label_agreement']:.1%} of them equal the generator's "
+                     f"clean label. Against the clean labels the model's accuracy is **{clean}** (against the noisy "
+                     f"ones, {noisy}).")
     display(Markdown(" ".join(lines)))
 display(Markdown(f"Confidence intervals: percentile bootstrap, {n_boot:,} resamples (`bootstrap` parameter)."))
+
+# %% tags=["remove-input"]
+if evaluate.ORIGINAL in results:
+    o, t = results[evaluate.ORIGINAL]["summary"], results["test"]["summary"]
+    dup = o["n"] - t["n"]
+    o_acc, t_acc, gap = evaluate.percent_pair(o["accuracy"], t["accuracy"])
+    display(Markdown(
+        f"**The original report split, for comparison with the literature.** Published results on this dataset "
+        f"were measured on its own split with the {dup:,} images whose pixels equal a train or val image still in "
+        f"it (`{evaluate.ORIGINAL}` = test + test_dup, {o['n']:,} images). There the model scores {o_acc} "
+        f"accuracy (95% CI {o['accuracy_ci'][0]:.1%}–{o['accuracy_ci'][1]:.1%}), against {t_acc} on the "
+        f"deduplicated report split: {gap} percentage points "
+        f"{'higher' if o['accuracy'] > t['accuracy'] else 'lower' if o['accuracy'] < t['accuracy'] else 'apart'}. "
+        f"Set the original-split number beside published ones; the deduplicated one is this book's headline."))
 
 # %% [markdown]
 # The bars put the model next to the majority guess. Where the guess's
@@ -152,22 +199,20 @@ figures.protocol_bars(table).show()
 
 # %% tags=["remove-input"]
 official = ds.format in ("affectnet_mini", "affectnet_csv")
-lines = []
-for s in summaries:
-    if s["balanced"] and official:
-        lines.append(f"Here, **{s['split']}** is balanced AffectNet data: its {s['accuracy']:.1%} accuracy is "
-                     f"measured under the published protocol and can be set beside the 62–65% of the best "
-                     f"open models.")
-    elif s["balanced"]:
-        lines.append(f"Here, **{s['split']}** is balanced (the published protocol), but the data are "
-                     f"{ds.format}, not AffectNet's official validation set: {s['accuracy']:.1%} follows the same "
-                     f"protocol, but on other images, so it is not a number to rank against AffectNet results.")
-    else:
-        lines.append(f"Here, **{s['split']}** is imbalanced, as the study's split was: its accuracy "
-                     f"({s['accuracy']:.1%}) is the study-style number, its balanced accuracy "
-                     f"({s['balanced_accuracy']:.1%}) the published-protocol one"
-                     + ("" if official else f", on {ds.format} data rather than AffectNet's") + ".")
-display(Markdown(" ".join(lines)))
+s = results[evaluate.ORIGINAL if evaluate.ORIGINAL in results else report]["summary"]
+where = f"**{named(s['split'])}**"
+if s["balanced"] and official:
+    text = (f"Here, {where} is balanced AffectNet data: its {s['accuracy']:.1%} accuracy is measured under the "
+            f"published protocol and can be set beside the 62–65% of the best open models.")
+elif s["balanced"]:
+    text = (f"Here, {where} is balanced (the published protocol), but the data are {ds.format}, not AffectNet's "
+            f"official validation set: {s['accuracy']:.1%} follows the same protocol, but on other images, so it "
+            f"is not a number to rank against AffectNet results.")
+else:
+    text = (f"Here, {where} is imbalanced, as the study's split was: its accuracy ({s['accuracy']:.1%}) is the "
+            f"study-style number, its balanced accuracy ({s['balanced_accuracy']:.1%}) the published-protocol one"
+            + ("" if official else f", on {ds.format} data rather than AffectNet's") + ".")
+display(Markdown(text))
 
 # %% [markdown]
 # ## Confusion matrices
@@ -177,14 +222,14 @@ display(Markdown(" ".join(lines)))
 # and a bright off-diagonal cell is a frequent confusion. Hover for both.
 
 # %% tags=["remove-input"]
-for split in splits:
+for split in shown:
     cm, t = results[split]["cm"], results[split]["table"]
-    figures.confusion_matrices(cm, title=f"Confusion matrix, {split} split").show()
+    figures.confusion_matrices(cm, title=f"Confusion matrix, {named(split)}").show()
     measured = t.dropna(subset=["recall"])
     best, worst = measured.loc[measured["recall"].idxmax()], measured.loc[measured["recall"].idxmin()]
     pairs = evaluate.confused_pairs(cm)
-    text = (f"On **{split}**, recall is {best['recall']:.0%} for every class." if best["recall"] == worst["recall"]
-            else f"On **{split}**, recall ranges from {worst['recall']:.0%} (*{worst['emotion']}*) to "
+    text = (f"On **{named(split)}**, recall is {best['recall']:.0%} for every class." if best["recall"] == worst["recall"]
+            else f"On **{named(split)}**, recall ranges from {worst['recall']:.0%} (*{worst['emotion']}*) to "
                  f"{best['recall']:.0%} (*{best['emotion']}*).")
     if len(pairs):
         top = pairs.iloc[0]
@@ -201,8 +246,8 @@ for split in splits:
 # Hover for counts and shares.
 
 # %% tags=["remove-input"]
-for split in splits:
-    figures.confusion_bars(results[split]["cm"], title=f"What each true class was predicted as, {split} split").show()
+for split in shown:
+    figures.confusion_bars(results[split]["cm"], title=f"What each true class was predicted as, {named(split)}").show()
 
 # %% [markdown]
 # ## Precision, recall and F1 per class
@@ -213,15 +258,15 @@ for split in splits:
 # much as common ones. Hover a bar for the class's number of images.
 
 # %% tags=["remove-input"]
-for split in splits:
+for split in shown:
     t = results[split]["table"]
-    figures.per_class_bars(t, title=f"Precision, recall and F1 per class, {split} split").show()
+    figures.per_class_bars(t, title=f"Precision, recall and F1 per class, {named(split)}").show()
     display(t.style.format(dict(precision="{:.3f}", recall="{:.3f}", f1="{:.3f}"), na_rep="–")
             .hide(axis="index"))
     measured = t.dropna(subset=["f1"])
     low = measured.nsmallest(min(2, len(measured)), "f1")
-    weakest = (f"On **{split}**, F1 is {low['f1'].iloc[0]:.2f} for every class." if measured["f1"].nunique() == 1
-               else f"On **{split}**, the weakest classes by F1 are " + " and ".join(
+    weakest = (f"On **{named(split)}**, F1 is {low['f1'].iloc[0]:.2f} for every class." if measured["f1"].nunique() == 1
+               else f"On **{named(split)}**, the weakest classes by F1 are " + " and ".join(
                    f"*{r.emotion}* ({r.f1:.2f}, {r.support:,} image{'' if r.support == 1 else 's'})"
                    for r in low.itertuples()) + ".")
     display(Markdown(weakest + "".join(f" *{r.emotion}*: {r.note}." for r in t.itertuples() if r.note)))

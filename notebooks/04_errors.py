@@ -15,10 +15,11 @@
 # # Errors
 #
 # Which emotions does the model mix up, on which faces, and how sure was it?
-# This chapter reads the validation predictions the evaluation chapter saved
-# (`predictions_val.csv`), looks at the faces behind the mistakes, checks
-# whether the model's confidence can be taken at face value, and shows where in
-# the face the model looked.
+# This chapter reads the predictions the evaluation chapter saved for the
+# report split (`predictions_test.csv`: the split that made no choice), looks
+# at the faces behind the mistakes, checks whether the model's confidence can
+# be taken at face value (the temperature fitted on the selection split,
+# judged on the report split), and shows where in the face the model looked.
 
 # %% tags=["parameters", "remove-cell"]
 params_file = None  # None: params/default.yaml
@@ -26,6 +27,8 @@ run_dir = None  # None: runs/<run_name>
 overrides = {}
 
 # %% tags=["remove-cell"]
+import json
+
 import numpy as np
 from IPython.display import Markdown, display
 
@@ -37,8 +40,10 @@ from fer_utils.engine.runtime import select_device
 
 params, run_dir = notebook.start(params_file, run_dir, overrides)
 ds = open_dataset(params)
-split = "val"
+split = "test" if "test" in ds.splits else "val"
+named = f"{split} ({evaluate.ROLE[split]})"
 frame = evaluate.load_predictions(run_dir, split)
+tta = json.loads((run_dir / "metrics.json").read_text())["checkpoint"]["tta_flip"]["used"]
 classes = list(ds.classes)
 probs, y = calibration.labelled_probs(frame, classes)
 wrong = frame[frame["true"] != frame["predicted"]]
@@ -62,7 +67,7 @@ def gallery(rows, title):
 
 # %% tags=["remove-input"]
 display(Markdown(
-    f"The **{split}** split: {len(frame):,} images, {len(wrong):,} mistakes ({len(wrong) / len(frame):.1%}). "
+    f"The **{named}**: {len(frame):,} images, {len(wrong):,} mistakes ({len(wrong) / len(frame):.1%}). "
     f"Captions under each face below read *true* emotion, what the model *said*, and the model's "
     f"probability for what it said."
 ))
@@ -76,6 +81,7 @@ display(Markdown(
 # for *happy*; its rank here is stated below the table.
 
 # %% tags=["remove-input"]
+display(Markdown(f"Most confused pairs, {named}:"))
 display(pairs.head(10).style.format(dict(share_of_true="{:.1%}")).hide(axis="index"))
 text = []
 if len(pairs):
@@ -105,7 +111,7 @@ display(Markdown(" ".join(text) or "The model made no mistakes on this split."))
 for p in pairs.head(3).itertuples():
     rows = wrong[(wrong["true"] == p.true) & (wrong["predicted"] == p.predicted)]
     gallery(rows.nlargest(min(6, len(rows)), "confidence"),
-            f"{p.true} answered as {p.predicted} ({p.count:,} images; up to 6 most confident)")
+            f"{p.true} answered as {p.predicted}, {named} ({p.count:,} images; up to 6 most confident)")
 
 # %% [markdown]
 # ## The most confident mistakes
@@ -117,7 +123,7 @@ for p in pairs.head(3).itertuples():
 
 # %% tags=["remove-input"]
 confident_wrong = wrong.nlargest(min(GALLERY, len(wrong)), "confidence")
-gallery(confident_wrong, "The most confident mistakes")
+gallery(confident_wrong, f"The most confident mistakes, {named}")
 if len(confident_wrong):
     display(Markdown(
         f"The model was at least {confident_wrong['confidence'].min():.0%} sure of each of these "
@@ -131,7 +137,7 @@ if len(confident_wrong):
 # ambiguous and got right by a small margin.
 
 # %% tags=["remove-input"]
-gallery(right.nsmallest(min(GALLERY, len(right)), "confidence"), "The least confident correct answers")
+gallery(right.nsmallest(min(GALLERY, len(right)), "confidence"), f"The least confident correct answers, {named}")
 
 # %% [markdown]
 # ## Can the confidence be trusted?
@@ -146,37 +152,38 @@ gallery(right.nsmallest(min(GALLERY, len(right)), "confidence"), "The least conf
 # to minimise the negative log-likelihood; it never changes which class is
 # predicted, only how sure the model says it is. Fitting *T* and measuring ECE
 # on the same images is optimistic (the fit has seen the answers), so *T* is
-# fitted on one half of the validation split and ECE measured on the other
-# half, and the other way round (cross-fitting, stratified by class).
+# fitted on the selection split (val) and ECE and NLL are measured on the report
+# split (test), which played no part in the fit.
 
 # %% tags=["remove-input"]
-cal = calibration.run(ds, run_dir, params["seed"], split)
-before = calibration.reliability(probs, y)
-after = calibration.reliability(cal["calibrated"], y)
-figures.reliability_diagram({f"model (ECE {cal['ece_before']:.3f})": before,
-                             f"after temperature scaling, held-out halves (ECE {cal['ece_after']:.3f})": after},
-                            title=f"Reliability diagram, {split} split").show()
-mean_conf = float(probs.max(1).mean())
-accuracy = float((probs.argmax(1) == y).mean())
-kind = ("overconfident" if mean_conf > accuracy + 0.01 else "underconfident" if mean_conf < accuracy - 0.01
-        else "about as confident as it is accurate")
-display(Markdown(
-    f"Before scaling, the model's mean confidence is {mean_conf:.1%} against an accuracy of {accuracy:.1%}: "
-    f"it is **{kind}**, with ECE **{cal['ece_before']:.3f}** (NLL {cal['nll_before']:.3f}). The temperatures "
-    f"fitted on each half are " + ", ".join(f"{t:.2f}" for t in cal["fold_temperatures"])
-    + f"; measured on the half not used for fitting, ECE becomes **{cal['ece_after']:.3f}** "
-    f"(NLL {cal['nll_after']:.3f}). Fitted and measured on all {cal['n']:,} validation images, T = "
-    f"{cal['temperature']:.2f} would give ECE {cal['ece_after_in_sample']:.3f}: the optimistic, in-sample "
-    f"number, shown only for comparison. T > 1 means the raw probabilities were too sharp, T < 1 too soft."
-    + (" T reached the edge of the search range (0.05-20): the probabilities carry little information about "
-       "which answers are right." if not 0.06 < cal["temperature"] < 19.9 else "")
-))
-test_cal = cal["test"]
-if test_cal is not None:
+cal = calibration.run(ds, run_dir, params["seed"])
+rep_cal, sel = cal["report"], cal["selection"]
+if rep_cal is None:
+    display(Markdown(f"*This dataset has no report split: T = {cal['temperature']:.2f} was fitted on val; "
+                     f"fitted on one half of val and measured on the other, ECE goes from {sel['ece_before']:.3f} "
+                     f"to {sel['ece_after']:.3f}.*"))
+else:
+    p_rep, y_rep = rep_cal["probs"], rep_cal["y"]
+    figures.reliability_diagram(
+        {f"model (ECE {rep_cal['ece_before']:.3f})": calibration.reliability(p_rep, y_rep),
+         f"after temperature scaling, T fitted on val (ECE {rep_cal['ece_after']:.3f})":
+             calibration.reliability(rep_cal["calibrated"], y_rep)},
+        title=f"Reliability diagram, {cal['report_split']} ({evaluate.ROLE[cal['report_split']]})").show()
+    mean_conf, accuracy = float(p_rep.max(1).mean()), float((p_rep.argmax(1) == y_rep).mean())
+    conf_text, acc_text, _ = evaluate.percent_pair(mean_conf, accuracy)
+    kind = ("overconfident" if mean_conf > accuracy + 0.01 else "underconfident" if mean_conf < accuracy - 0.01
+            else "about as confident as it is accurate")
     display(Markdown(
-        f"On the **test** split, which played no part in the fit, T = {cal['temperature']:.2f} (fitted on all "
-        f"validation images) changes ECE from {test_cal['ece_before']:.3f} to {test_cal['ece_after']:.3f} and "
-        f"NLL from {test_cal['nll_before']:.3f} to {test_cal['nll_after']:.3f}."))
+        f"On the **{cal['report_split']}** split ({evaluate.ROLE[cal['report_split']]}, {rep_cal['n']:,} images), the "
+        f"model's mean confidence is {conf_text} against an accuracy of {acc_text}: it is **{kind}**, with ECE "
+        f"**{rep_cal['ece_before']:.3f}** (NLL {rep_cal['nll_before']:.3f}). T = {cal['temperature']:.2f}, fitted on "
+        f"all {sel['n']:,} images of the **val** split (selection split), changes ECE on {cal['report_split']} to "
+        f"**{rep_cal['ece_after']:.3f}** and NLL to {rep_cal['nll_after']:.3f}. T > 1 means the raw probabilities "
+        f"were too sharp, T < 1 too soft. Within val, fitted on one half and measured on the other (both ways "
+        f"round, T = " + ", ".join(f"{t:.2f}" for t in sel["fold_temperatures"])
+        + f"), ECE goes from {sel['ece_before']:.3f} to {sel['ece_after']:.3f}."
+        + (" T reached the edge of the search range (0.05-20): the probabilities carry little information about "
+           "which answers are right." if not 0.06 < cal["temperature"] < 19.9 else "")))
 
 # %% [markdown]
 # ## Accuracy by confidence
@@ -187,7 +194,7 @@ if test_cal is not None:
 
 # %% tags=["remove-input"]
 buckets = calibration.accuracy_by_confidence(probs, y)
-figures.confidence_buckets(buckets, title=f"Accuracy by confidence, {split} split").show()
+figures.confidence_buckets(buckets, title=f"Accuracy by confidence, {named}").show()
 top_bucket, low_bucket = buckets.iloc[-1], buckets.iloc[0]
 if len(buckets) == 1:
     text = (f"All answers fall in one bucket ({top_bucket['bucket']}), where the model is right "
@@ -210,7 +217,7 @@ display(Markdown(text + (f" {missing} bucket(s) with no images are left out." if
 va = ds.split(split)[["location", "valence", "arousal"]] if "valence" in ds.frame else None
 if va is not None and va["valence"].notna().any():
     merged = frame.merge(va, on="location", how="left")
-    figures.errors_valence_arousal(merged, classes, title=f"Mistakes in valence-arousal space, {split} split").show()
+    figures.errors_valence_arousal(merged, classes, title=f"Mistakes in valence-arousal space, {named}").show()
     radius = np.hypot(merged["valence"], merged["arousal"])
     is_wrong = merged["true"] != merged["predicted"]
     if is_wrong.any() and (~is_wrong).any():
@@ -225,30 +232,62 @@ else:
 # %% [markdown]
 # ## Where the model looked
 #
-# Grad-CAM weights the feature maps of the network's last convolution by how
-# much they raise the score of the answer the model gave, and projects that
-# onto the face: bright regions are the evidence for its answer. For the most
-# confident mistakes, it shows what made the model so sure of the wrong emotion.
-# (An image whose Grad-CAM is empty falls back to occlusion: the drop in the
-# answer's probability when a gray patch covers each part of the face.)
+# Grad-CAM weights the feature maps that everything the answer depends on passes
+# through (a ResNet's last block, after its skip connection; a plain CNN's last
+# convolution) by how much they raise the
+# score of the answer the model gave, and projects that onto the face: bright
+# regions are the evidence for its answer. When flip test-time augmentation is
+# the protocol, the map explains the averaged answer of the face and its mirror
+# image. (An image whose Grad-CAM is empty falls back to occlusion: the drop in
+# the answer's probability when a gray patch covers each part of the face.)
 
 # %% tags=["remove-input"]
+device = select_device(params["device"])
+model, ckpt = evaluate.load_for_evaluation(params, run_dir, ds, device)
+cfg = ckpt["model_config"]
+x, _, locations = load_split(ds, split, cfg["image_size"], cfg["in_channels"])
+index = {loc: i for i, loc in enumerate(locations)}
 shown = wrong.nlargest(min(6, len(wrong)), "confidence")
 if len(shown):
-    device = select_device(params["device"])
-    model, ckpt = evaluate.load_for_evaluation(params, run_dir, ds, device)
-    cfg = ckpt["model_config"]
-    x, _, locations = load_split(ds, split, cfg["image_size"], cfg["in_channels"])
-    index = {loc: i for i, loc in enumerate(locations)}
     xs = x[[index[loc] for loc in shown["location"]]]
-    targets = [classes.index(c) for c in shown["predicted"]]
-    maps, methods = saliency.saliency(model, xs, targets, device)
+    maps, methods = saliency.saliency(model, xs, [classes.index(c) for c in shown["predicted"]], device, flip=tta)
     faces = evaluate.load_faces(ds, shown["location"], size=cfg["image_size"])
     figures.saliency_gallery(faces, maps, [caption(r) for r in shown.itertuples()], methods,
-                             title="Evidence for the wrong answer: the most confident mistakes").show()
+                             title=f"Evidence for the wrong answer: the most confident mistakes, {named}").show()
     display(Markdown(
-        f"Heat maps from the last convolution of **{cfg['name']}**, for the class the model answered. "
+        f"Heat maps from `{type(saliency.feature_layer(model)).__name__}`, the feature layer of **{cfg['name']}** "
+        f"Grad-CAM reads, for the class the model answered"
+        + (" (flip TTA: the face and its mirror image)" if tta else "") + ". "
         + (f"{methods.count('occlusion')} of {len(methods)} maps fell back to occlusion." if "occlusion" in methods
            else "All maps are Grad-CAM.")))
 else:
     display(Markdown("*No mistakes to explain.*"))
+
+# %% [markdown]
+# Six pictures prove little. On the synthetic faces, whose 68 landmarks are
+# known, the table measures for every image of the split how much of its map
+# falls on the mouth and on the eyes, averaged per true class, beside the share
+# of the image those regions cover (what a map spread evenly would give).
+
+# %% tags=["remove-input"]
+if ds.format == "synthetic":
+    order = frame["location"].to_numpy()
+    maps, methods = saliency.saliency(model, x[[index[loc] for loc in order]],
+                                      [classes.index(c) for c in frame["predicted"]], device, flip=tta)
+    landmarks = ds.frame.set_index("location").loc[order, "landmarks"].tolist()
+    regions = saliency.region_summary(saliency.region_shares(maps, landmarks, source_size=params["synthetic_size"]),
+                                      frame["true"], classes)
+    display(Markdown(f"Share of each Grad-CAM map on the mouth and the eyes, per true class, {named} "
+                     f"({int(regions['images'].sum()):,} images with a non-empty map):"))
+    display(regions.style.format({c: "{:.1%}" for c in regions.columns if c != "images"}))
+    mouth_area, eyes_area = regions["mouth_area"].mean(), regions["eyes_area"].mean()
+    mouth_top, eyes_top = regions["mouth"].idxmax(), regions["eyes"].idxmax()
+    above = lambda col: int((regions[col] > regions[f"{col}_area"]).sum())
+    display(Markdown(
+        f"The mouth covers {mouth_area:.1%} of the image on average and the eyes {eyes_area:.1%}. The maps put more "
+        f"than the mouth's area on the mouth for {above('mouth')} of {len(regions)} classes, and more than the eyes' "
+        f"area on the eyes for {above('eyes')} of {len(regions)}. The mouth's share is largest for *{mouth_top}* "
+        f"({regions.loc[mouth_top, 'mouth']:.1%}), the eyes' for *{eyes_top}* ({regions.loc[eyes_top, 'eyes']:.1%})."))
+else:
+    display(Markdown(f"*The per-class share of the maps on the mouth and the eyes needs landmarks in the image's "
+                     f"own coordinates; it is measured on the synthetic data only, not on {ds.format}.*"))

@@ -17,8 +17,8 @@
 # The package ships one small trained model, used by the upload demo and by
 # `python -m fer_utils.app.predict` when no checkpoint of your own is given. This
 # page describes it from what its checkpoint file records: the model, the
-# parameters and data it was trained with, and its validation scores with the
-# protocol they were measured under. Nothing here is typed in by hand, so the
+# parameters and data it was trained with, and its scores on the report split
+# (the one that made no choice) with the protocol they were measured under. Nothing here is typed in by hand, so the
 # card always matches the file.
 
 # %% tags=["parameters", "remove-cell"]
@@ -69,7 +69,7 @@ else:
         ("training", f"at most {trained['epochs']} epochs"
                      + (f", early stopping after {trained['early_stopping']} without improvement"
                         if trained.get("early_stopping") else "")
-                     + f"; kept: epoch {ckpt.get('best_epoch', '?')}, the best validation macro-F1"),
+                     + f"; kept: epoch {ckpt.get('best_epoch', '?')}, the best val macro-F1 (selection split)"),
     ]
     for key, value in (ckpt.get("provenance") or {}).items():
         rows.append((str(key).replace("_", " "), f"{value}"))
@@ -80,7 +80,11 @@ else:
                      + (yaml.safe_dump(changed, sort_keys=False).rstrip() or "{}") + "\n```"))
 
 # %% [markdown]
-# ## Validation scores and how they were measured
+# ## Scores and how they were measured
+#
+# The headline is the **report split** (test): scored once, it chose nothing.
+# The selection split (val) chose the kept epoch and the protocol, so its
+# numbers are optimistic.
 
 # %% tags=["remove-input"]
 if card is not None:
@@ -98,21 +102,20 @@ if card is not None:
                 per_class = dict(zip(card.classes, per_class))
             if isinstance(per_class, dict) and per_class:
                 f1 = pd.Series(per_class, dtype=float)
-                display(Markdown(f"F1 per class on **{split}**: " + ", ".join(f"{c} {v:.2f}" for c, v in f1.items())
+                display(Markdown(f"F1 per class on **{split}**" + (f" ({m['role']})" if m.get("role") else "") + ": " + ", ".join(f"{c} {v:.2f}" for c, v in f1.items())
                                  + f". Weakest: **{f1.idxmin()}** ({f1.min():.2f}); strongest: **{f1.idxmax()}** "
                                  f"({f1.max():.2f})."))
     if best:
         display(Markdown(
-            f"At the kept epoch ({best['epoch']}), on the **validation split** of the training data: accuracy "
+            f"At the kept epoch ({best['epoch']}), training logged on the **val split** (selection split): accuracy "
             f"{best['val_accuracy']:.1%}, balanced accuracy (mean recall over classes) "
             f"{best['val_balanced_accuracy']:.1%}, macro-F1 {best['val_macro_f1']:.3f}.\n\n"
-            "Protocol: one prediction per validation image, the face crop exactly as the dataset provides it, "
+            "Protocol: one prediction per val image, the face crop exactly as the dataset provides it, "
             "no test-time augmentation. The same split chose the kept epoch (the one with the best macro-F1), "
-            "so these numbers are slightly optimistic: they are validation scores, not "
-            "the score on an untouched test set. On an imbalanced split read balanced accuracy and macro-F1, "
-            "not accuracy alone."))
+            "so these numbers are optimistic: they are selection-split scores, not the report split's. On an "
+            "imbalanced split read balanced accuracy and macro-F1, not accuracy alone."))
     elif not metrics:
-        display(Markdown("*The checkpoint records no validation scores.*"))
+        display(Markdown("*The checkpoint records no scores.*"))
 
 # %% tags=["remove-input"]
 if card is not None and best and {"train_loss", "val_loss", "train_accuracy", "val_accuracy", "val_balanced_accuracy",

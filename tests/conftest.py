@@ -14,6 +14,7 @@ from PIL import Image
 TINY = """dataset: synthetic
 synthetic_n_train: 120
 synthetic_n_val: 32
+synthetic_n_test: 32
 synthetic_size: 32
 image_size: 32
 epochs: 2
@@ -92,6 +93,16 @@ def affectnet_csv(tmp_path):
     pd.DataFrame(rows["train"]).to_csv(root / "training.csv", index=False)
     pd.DataFrame(rows["val"]).to_csv(root / "validation.csv", index=False)
     return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def pixel_hash_cache(tmp_path_factory):
+    """Pixel hashes (fer_utils.data.splits) go to one folder per test session, not the repository's .cache/:
+    each test's data folder would leave a table there; the real data's are decoded once per session."""
+    from fer_utils.data import splits
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(splits, "HASH_CACHE_DIR", tmp_path_factory.mktemp("pixel-hashes"))
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -1,23 +1,34 @@
-"""The ablation ladder: variants train into their own folders, are scored like the evaluation chapter,
-are reused on the next build, and a failing variant is reported without losing the others."""
+"""The ablation ladder: one idea per rung, the main recipe as a rung, variants train into their own folders,
+are scored like the evaluation chapter (train in eval mode without augmentation, the gap in balanced
+accuracy), each rung is compared with the rung above by a paired bootstrap, finished variants are reused,
+and a failing variant is reported without losing the others."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import accuracy_score, f1_score
+import torch
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
 from conftest import TINY
 from fer_utils.analysis import ablation, evaluate
+from fer_utils.config import ladder
 from fer_utils.config import params as params_mod
-from fer_utils.engine import runtime, train
 from fer_utils.data.datasets import open_dataset
+from fer_utils.data.images import load_split
+from fer_utils.engine import runtime, train
+from fer_utils.engine.checkpoint import load_model
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ablation")
     path = tmp / "tiny.yaml"
-    path.write_text(TINY + f"data_dir: {tmp / 'synthetic'}\nablation: resnet,baseline,regularized\n")
+    path.write_text(TINY + f"data_dir: {tmp / 'synthetic'}\nablation: resnet,baseline,augmented\nablation_seeds: 2\n")
     params = params_mod.resolve(path)
     return params, open_dataset(params), tmp / "run"
 
@@ -29,37 +40,112 @@ def test_unknown_variant_is_a_params_error(tmp_path):
         params_mod.resolve(path)
 
 
+def test_each_rung_differs_from_the_one_above_by_one_idea():
+    rungs = list(ladder.VARIANTS.values())
+    assert rungs[0].group == "start"
+    keys = set(rungs[0].overrides)
+    for above, rung in zip(rungs, rungs[1:]):
+        assert set(rung.overrides) == keys  # every rung sets the same keys: none leaks in from the run's params
+        changed = {k for k in keys if rung.overrides[k] != above.overrides[k]}
+        assert changed and changed <= set(ladder.GROUPS[rung.group]), (rung.change, changed)
+    # the imbalance is handled from the first rung on, so no step measures the prior shift
+    assert {r.overrides["imbalance"] for r in rungs} == {"weighted_loss"}
+
+
+def test_the_main_recipe_is_a_rung():
+    default = params_mod.resolve(REPO / "params/default.yaml")
+    recipe = ladder.VARIANTS[ladder.RECIPE].overrides
+    assert {k: default[k] for k in recipe} == recipe
+    assert set(ladder.variant_names(default)) == set(ladder.VARIANTS)  # the default book runs the whole ladder
+
+
 def test_variant_params_keep_the_run_and_change_one_step(tiny):
     params, _, _ = tiny
-    assert ablation.variant_names(params) == ["baseline", "regularized", "resnet"]  # ladder order
-    base, reg = (ablation.variant_params(params, n) for n in ("baseline", "regularized"))
+    assert ablation.variant_names(params) == ["baseline", "augmented", "resnet"]  # ladder order
+    assert ladder.variant_seeds(params) == [params["seed"], params["seed"] + 1]
+    base, reg = (ladder.variant_params(params, n) for n in ("baseline", "regularized"))
     assert base["model"] == "baseline_cnn" and reg["model"] == "regularized_cnn"
     assert base["epochs"] == reg["epochs"] == params["ablation_epochs"] == 1
     for key in ("dataset", "data_dir", "image_size", "seed", "width", "lr", "batch_size"):
         assert base[key] == reg[key] == params[key]
     changed = {k for k in reg if reg[k] != base[k]}
-    assert changed == {"model", "dropout", "dropblock", "weight_decay", "run_name"}
+    assert changed == {"model", "dropout", "weight_decay", "run_name"}
+    assert ladder.variant_params(params, "baseline", seed=7)["seed"] == 7
+    assert ladder.changes_between("baseline", "augmented") == [ladder.VARIANTS[n].change
+                                                               for n in ("regularized", "augmented")]
+
+
+def test_paired_bootstrap_on_a_constructed_example():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 50)
+    a = np.where(rng.random(200) < 0.5, y, (y + 1) % 4)
+    # b fixes 60 of a's errors: a real improvement on these images
+    wrong = np.flatnonzero(a != y)[:60]
+    b = a.copy()
+    b[wrong] = y[wrong]
+    better = evaluate.paired_bootstrap(y, a, b, n_boot=200, seed=1)
+    assert better["difference"] == pytest.approx(f1_score(y, b, average="macro") - f1_score(y, a, average="macro"))
+    assert 0 < better["low"] < better["difference"] < better["high"] and better["verdict"] == "better"
+    assert evaluate.paired_bootstrap(y, b, a, n_boot=200, seed=1)["verdict"] == "worse"
+    # c trades two of a's errors for two new ones: no difference this split can see
+    c = a.copy()
+    right = np.flatnonzero(a == y)[:2]
+    c[wrong[:2]], c[right] = y[wrong[:2]], (y[right] + 1) % 4
+    noise = evaluate.paired_bootstrap(y, a, c, n_boot=200, seed=1)
+    assert noise["low"] < 0 < noise["high"] and noise["verdict"] == "noise"
+    same = evaluate.paired_bootstrap(y, a, a, n_boot=50)
+    assert same["difference"] == same["low"] == same["high"] == 0
+    # each resample is the same draw for both sides, scored as scikit-learn scores it; seeds are averaged
+    two_seeds = np.stack([b, c])
+    got = evaluate.paired_bootstrap(y, a, two_seeds, n_boot=20, seed=3)
+    draws = np.random.default_rng(3)
+    diffs = []
+    for _ in range(20):
+        i = draws.integers(0, 200, 200)
+        f1 = lambda p: f1_score(y[i], p[i], labels=np.union1d(y[i], p[i]), average="macro")  # noqa: E731
+        diffs.append((f1(b) + f1(c)) / 2 - f1(a))
+    assert (got["low"], got["high"]) == pytest.approx(tuple(np.quantile(diffs, [0.025, 0.975])))
 
 
 def test_ladder_trains_scores_with_sklearn_and_is_reused(tiny, one_thread):
     params, ds, run_dir = tiny
     results = ablation.run(params, ds, run_dir)
     table = ablation.summary_table(results, ds).set_index("variant")
-    assert list(table.index) == ["baseline", "regularized", "resnet"] and (table["status"] == "ok").all()
+    assert list(table.index) == ["baseline", "augmented", "resnet"] and (table["status"] == "ok").all()
     rare = ablation.rarest_classes(ds)
     counts = ds.split("train")["label"].value_counts()
     assert counts[ds.classes.index(rare[0])] == counts.min()
+    x_train, _, _ = load_split(ds, "train", params["image_size"], params["channels"])
     for name, row in table.iterrows():
-        saved = evaluate.load_predictions(run_dir / "ablation" / name, "val")
-        assert len(saved) == len(ds.split("val"))
-        assert row["accuracy"] == pytest.approx(accuracy_score(saved["true"], saved["predicted"]))
-        assert row["macro_f1"] == pytest.approx(f1_score(saved["true"], saved["predicted"], average="macro"))
-        per_class = f1_score(saved["true"], saved["predicted"], labels=rare, average=None)
+        folders = [run_dir / "ablation" / name / f"seed{s}" for s in ladder.variant_seeds(params)]
+        val = [evaluate.load_predictions(f, "val") for f in folders]
+        tr = [evaluate.load_predictions(f, "train") for f in folders]
+        assert all(len(v) == len(ds.split("val")) for v in val) and row["seeds"] == 2
+        assert row["accuracy"] == pytest.approx(np.mean([accuracy_score(v["true"], v["predicted"]) for v in val]))
+        assert row["macro_f1"] == pytest.approx(np.mean([f1_score(v["true"], v["predicted"], average="macro")
+                                                         for v in val]))
+        per_class = np.mean([f1_score(v["true"], v["predicted"], labels=rare, average=None) for v in val], axis=0)
         assert [row[f"f1_{c}"] for c in rare] == pytest.approx(list(per_class))
-        assert row["gap"] == pytest.approx(row["train_accuracy"] - row["accuracy"])
-        assert (run_dir / "ablation" / name / "history.csv").is_file()
+        train_bal = np.mean([balanced_accuracy_score(t["true"], t["predicted"]) for t in tr])
+        val_bal = np.mean([balanced_accuracy_score(v["true"], v["predicted"]) for v in val])
+        assert row["train_balanced_accuracy"] == pytest.approx(train_bal)
+        assert row["gap"] == pytest.approx(train_bal - val_bal)
+        # train was scored in eval mode on the images as they are (no flip or dropout): recompute it by hand
+        model, _ = load_model(folders[0] / "best.pt", "cpu")
+        with torch.no_grad():
+            probs = torch.softmax(model.eval()(torch.from_numpy(x_train).float() / 127.5 - 1), 1).numpy()
+        assert tr[0][[f"prob_{c}" for c in ds.classes]].to_numpy() == pytest.approx(probs, abs=1e-5)
+        assert (folders[0] / "history.csv").is_file()
+    assert ladder.VARIANTS["augmented"].overrides["aug_flip"]  # so the check above covers an augmented rung
+    step_table = ablation.steps(results, n_boot=50).set_index("variant")
+    assert list(step_table["above"]) == ["baseline", "augmented"]  # the nearest rung above in this run's list
+    assert step_table.loc["augmented", "changes"] == "; ".join(ladder.changes_between("baseline", "augmented"))
+    for name, s in step_table.iterrows():
+        assert s["macro_f1_change"] == pytest.approx(table.loc[name, "macro_f1"] - table.loc[s["above"], "macro_f1"])
+        assert s["ci_low"] <= s["macro_f1_change"] <= s["ci_high"]
+        assert s["verdict"] == ("better" if s["ci_low"] > 0 else "worse" if s["ci_high"] < 0 else "noise")
     again = ablation.run(params, ds, run_dir)
-    assert all(r["fit"]["reused"] for r in again)
+    assert all(fit["reused"] for r in again for fit in r["fits"])
     pd.testing.assert_frame_equal(ablation.summary_table(again, ds).set_index("variant"), table)
 
 
@@ -73,8 +159,10 @@ def test_a_failing_variant_is_reported_and_the_others_still_run(tiny, monkeypatc
         return real_fit(vp, data, out)
 
     monkeypatch.setattr(train, "fit", fit)
-    table = ablation.summary_table(ablation.run(params, ds, run_dir), ds).set_index("variant")
-    assert table.loc["baseline", "status"] == "failed: loss became nan at epoch 1"
+    results = ablation.run(params, ds, run_dir)
+    table = ablation.summary_table(results, ds).set_index("variant")
+    assert table.loc["baseline", "status"] == f"failed: seed {params['seed']}: loss became nan at epoch 1"
     assert pd.isna(table.loc["baseline", "accuracy"])
     assert (table.drop("baseline")["status"] == "ok").all()
-    assert ablation.best_variant(table.reset_index())["variant"] in ("regularized", "resnet")
+    assert ablation.best_variant(table.reset_index())["variant"] in ("augmented", "resnet")
+    assert list(ablation.steps(results, n_boot=20)["variant"]) == ["resnet"]  # compared with augmented only

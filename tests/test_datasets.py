@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from conftest import FER_DATA_DIR, face
-from fer_utils.data import labels
+from fer_utils.data import labels, splits
 from fer_utils.data.datasets import (DataError, fingerprint, open_dataset, read_affectnet_csv, read_affectnet_mini,
                                 read_fer2013_csv, read_ferplus, read_folders)
 from fer_utils.data.explore import class_counts, majority_baseline
@@ -113,25 +113,84 @@ def test_fer2013_csv_gz(fer2013_csv):
     assert len(read_fer2013_csv(fer2013_csv).frame) == 14
 
 
-def test_ferplus_majority_ties_and_non_faces(folders_dataset):
-    cols = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF"]
-    votes = [
-        ("train/happy/0.png", [0, 8, 0, 0, 0, 0, 0, 2, 0, 0]),   # happy
-        ("train/happy/1.png", [0, 1, 0, 0, 0, 0, 0, 9, 0, 0]),   # contempt
-        ("train/happy/2.png", [5, 5, 0, 0, 0, 0, 0, 0, 0, 0]),   # tie
-        ("val/neutral/0.png", [1, 0, 0, 0, 0, 0, 0, 0, 0, 9]),   # not a face
-        ("val/neutral/1.png", [0, 0, 0, 0, 2, 0, 0, 0, 8, 0]),   # unknown wins
-        ("val/neutral/2.png", [0, 0, 0, 7, 3, 0, 0, 0, 0, 0]),   # sad
-    ]
+FERPLUS_COLUMNS = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown",
+                   "NF"]
+
+
+@pytest.mark.parametrize("votes, majority, plurality", [
+    ([0, 8, 0, 0, 0, 0, 0, 2, 0, 0], 1, 1),                     # clear winner
+    ([2, 1, 1, 1, 1, 1, 1, 1, 1, 0], 0, 0),                     # single votes dropped: 2 of 2 remaining
+    ([4, 3, 3, 0, 0, 0, 0, 0, 0, 0], "no FER+ majority", 0),    # 40%: a plurality, not a majority
+    ([5, 3, 1, 1, 0, 0, 0, 0, 0, 0], 0, 0),                     # 5 of 8 once the two single votes go
+    ([6, 4, 0, 0, 0, 0, 0, 0, 0, 0], 0, 0),                     # 60% > 50%
+    ([5, 5, 0, 0, 0, 0, 0, 0, 0, 0], "no FER+ majority", "tied plurality vote"),  # exactly half: no winner
+    ([3, 3, 2, 2, 0, 0, 0, 0, 0, 0], "no FER+ majority", "tied plurality vote"),
+    ([1] * 10, "no FER+ majority", "tied plurality vote"),      # only single votes: nothing is left
+    ([2, 0, 0, 0, 0, 0, 0, 0, 0, 8], "majority vote is not an emotion: NF", "plurality vote is not an emotion: NF"),
+    ([0, 0, 0, 0, 2, 0, 0, 0, 5, 3], "no FER+ majority", "plurality vote is not an emotion: unknown"),
+    ([0] * 10, "no votes", "no votes"),
+])
+def test_ferplus_rules_on_hand_made_votes(votes, majority, plurality):
+    for rule, expected in (("majority", majority), ("plurality", plurality)):
+        top, reason = labels.ferplus_winner(votes, FERPLUS_COLUMNS, 8, rule)
+        if isinstance(expected, int):
+            assert (top, reason) == (expected, None), rule
+        else:
+            assert top == -1 and reason.startswith(expected), rule
+    with pytest.raises(ValueError, match="majority"):
+        labels.ferplus_winner(votes, FERPLUS_COLUMNS, 8, "mean")
+
+
+def _write_votes(root: Path, votes: list[tuple[str, list[int]]]) -> None:
+    table = pd.DataFrame([[p] + v for p, v in votes], columns=["path"] + FERPLUS_COLUMNS)
     # Shuffle the column order: votes are matched by name, never by position.
-    table = pd.DataFrame([[p] + v for p, v in votes], columns=["path"] + cols)
-    table = table[["path"] + cols[::-1]]
-    table.to_csv(folders_dataset / "ferplus_votes.csv", index=False)
-    ds = read_ferplus(folders_dataset)
-    assert dict(zip(ds.frame["location"], ds.frame["emotion"])) == {
+    table[["path"] + FERPLUS_COLUMNS[::-1]].to_csv(root / "ferplus_votes.csv", index=False)
+
+
+def test_ferplus_reader_rules_skipped_reasons_and_vote_shares(folders_dataset):
+    _write_votes(folders_dataset, [
+        ("train/happy/0.png", [0, 8, 0, 0, 0, 0, 0, 2, 0, 0]),   # happy under both
+        ("train/happy/1.png", [0, 1, 0, 0, 0, 0, 0, 9, 0, 0]),   # contempt under both
+        ("train/happy/2.png", [5, 5, 0, 0, 0, 0, 0, 0, 0, 0]),   # tie: dropped by both
+        ("val/neutral/0.png", [1, 0, 0, 0, 0, 0, 0, 0, 0, 9]),   # not a face
+        ("val/neutral/1.png", [4, 0, 0, 3, 3, 0, 0, 0, 0, 0]),   # neutral by plurality only
+        ("val/neutral/2.png", [0, 0, 0, 7, 3, 0, 0, 0, 0, 0]),   # sad
+    ])
+    majority = read_ferplus(folders_dataset)  # the FER+ paper's rule is the default
+    assert dict(zip(majority.frame["location"], majority.frame["emotion"])) == {
         "train/happy/0.png": "happy", "train/happy/1.png": "contempt", "val/neutral/2.png": "sad"}
-    assert sorted(ds.skipped["reason"]) == ["majority vote is not an emotion: NF",
-                                            "majority vote is not an emotion: unknown", "tied vote"]
+    assert dict(zip(majority.skipped["location"], majority.skipped["reason"])) == {
+        "train/happy/2.png": labels.FERPLUS_NO_MAJORITY, "val/neutral/0.png": "majority vote is not an emotion: NF",
+        "val/neutral/1.png": labels.FERPLUS_NO_MAJORITY}
+    plurality = read_ferplus(folders_dataset, rule="plurality")
+    assert plurality.frame.set_index("location").loc["val/neutral/1.png", "emotion"] == "neutral"
+    assert sorted(plurality.skipped["reason"]) == ["plurality vote is not an emotion: NF", "tied plurality vote"]
+    # soft labels: the raw emotion votes as shares (unknown / not-a-face left out)
+    shares = majority.frame.set_index("location").filter(like="votes_")
+    assert list(shares.columns) == [f"votes_{e}" for e in labels.EMOTIONS]
+    assert np.allclose(shares.sum(axis=1), 1.0)
+    assert shares.loc["train/happy/0.png", "votes_happy"] == pytest.approx(0.8)
+    assert shares.loc["train/happy/1.png", "votes_contempt"] == pytest.approx(0.9)
+
+
+def test_ferplus_official_folder_names_map_and_unknown_folders_are_refused(tmp_path):
+    root = tmp_path / "ferplus"
+    for f, folder in enumerate(("FER2013Train", "FER2013Valid", "FER2013Test")):
+        (root / folder).mkdir(parents=True)
+        for j in range(4):
+            face(10 * f + j).save(root / folder / f"fer{j}.png")
+    votes = [(f"{folder}/fer{j}.png", [0, 8, 0, 0, 0, 0, 0, 0, 0, 0] if j % 2 else [7, 0, 3, 0, 0, 0, 0, 0, 0, 0])
+             for folder in ("FER2013Train", "FER2013Valid", "FER2013Test") for j in range(4)]
+    _write_votes(root, votes)
+    ds = read_ferplus(root)
+    origin = dict(zip(ds.frame["location"].str.split("/").str[0], ds.frame["split"]))
+    assert origin == {"FER2013Train": "train", "FER2013Valid": "val", "FER2013Test": "test"}
+    roles = open_dataset(resolve(None, dict(dataset="ferplus", data_dir=str(root), selection_fraction=0.4)))
+    assert set(roles.split("heldout")["location"].str.split("/").str[0]) == {"FER2013Test"}  # never trained on
+    assert set(roles.split("test")["location"].str.split("/").str[0]) == {"FER2013Valid"}
+    _write_votes(root, votes + [("FER2013Private/fer0.png", [0, 8, 0, 0, 0, 0, 0, 0, 0, 0])])
+    with pytest.raises(DataError, match="'FER2013Private'"):
+        read_ferplus(root)
 
 
 def test_missing_or_wrong_folder_names_path_and_layout(tmp_path, folders_dataset):
@@ -164,30 +223,51 @@ real = pytest.mark.skipif(not Path(FER_DATA_DIR, "train").is_dir(),
 
 
 @real
-def test_real_fer2013_counts():
+def test_real_fer2013_counts_roles_and_duplicates():
     ds = open_dataset(resolve(Path("params/fer2013.yaml"), dict(data_dir=FER_DATA_DIR)))
-    counts = class_counts(ds)
-    assert counts.sum().to_dict() == {"train": 28709, "val": 3589}
+    own = pd.crosstab(ds.frame["emotion"], ds.frame["origin"])
+    assert own.sum().to_dict() == {"train": 28709, "val": 3589}
     assert len(ds.classes) == 7
-    assert counts.loc["disgust", "train"] == 436 and counts.loc["happy", "train"] == 7215
+    assert own.loc["disgust", "train"] == 436 and own.loc["happy", "train"] == 7215
+    # the selection split: a stratified 10% of train (2,871 images), less its copies of train images
+    assert len(ds.split("val")) + len(ds.split("val_dup")) == 2871
+    # PublicTest: 280 of its 3,589 images are pixel copies of train images, in 270 groups, 13 of them with
+    # conflicting labels; 114 of its 415 surprise faces have a copy in train
+    counts = splits.duplicate_counts(ds).set_index("split")
+    assert counts.loc["test"].to_dict() == dict(images=280, groups=270, conflicting_groups=13)
+    assert len(ds.split("test")) == 3589 - 280 and len(ds.split("test_dup")) == 280
+    surprise = ds.frame[(ds.frame["origin"] == "val") & (ds.frame["emotion"] == "surprise")]
+    assert len(surprise) == 415 and (surprise["split"] == "test_dup").sum() == 114
 
 
 @real
-def test_real_ferplus_has_eight_classes():
-    ds = open_dataset(resolve(Path("params/ferplus.yaml"), dict(data_dir=FER_DATA_DIR)))
-    assert ds.classes == labels.EMOTIONS
-    assert len(ds.frame) + len(ds.skipped) == 32139
-    assert set(ds.skipped["reason"]) <= {"tied vote", "majority vote is not an emotion: unknown",
-                                         "majority vote is not an emotion: NF", "no votes"}
+def test_real_ferplus_rules_kept_and_dropped():
+    """The FER+ paper's majority rule keeps 28,224 of the 32,139 voted faces, the arg-max 30,331: the
+    majority rule drops 2,107 more low-agreement faces, 206 of them in PublicTest."""
+    dropped = {"majority": {labels.FERPLUS_NO_MAJORITY: 3820, "majority vote is not an emotion: unknown": 93,
+                            "majority vote is not an emotion: NF": 2},
+               "plurality": {"tied plurality vote": 1606, "plurality vote is not an emotion: unknown": 199,
+                             "plurality vote is not an emotion: NF": 3}}
+    kept = {}
+    for rule in ("majority", "plurality"):
+        ds = read_ferplus(Path(FER_DATA_DIR), rule=rule)
+        assert ds.classes == labels.EMOTIONS and len(ds.frame) + len(ds.skipped) == 32139
+        assert ds.skipped["reason"].value_counts().to_dict() == dropped[rule]
+        kept[rule] = (len(ds.frame), len(ds.split("val")))
+    assert kept == {"majority": (28224, 3190), "plurality": (30331, 3396)}
 
 
 def test_synthetic_output_read_back_by_affectnet_mini_reader(tmp_path):
     from fer_utils.data import synthetic
-    root = synthetic.generate(tmp_path / "syn", n_train=400, n_val=40, size=32, seed=3)
+    root = synthetic.generate(tmp_path / "syn", n_train=400, n_val=40, size=32, seed=3, n_test=16)
     ds = read_affectnet_mini(root, fmt="synthetic")
     assert ds.classes == labels.EMOTIONS and ds.skipped.empty
-    train = ds.split("train")["label"].value_counts(normalize=True).sort_index()
+    assert ds.splits == ["train", "val", "test"]
+    train = ds.split("train")["clean_label"].value_counts(normalize=True).sort_index()
     for label_id, share in synthetic.AFFECTNET_SHARES.items():
         assert abs(train[label_id] - share) <= 0.01
-    assert set(ds.split("val")["label"].value_counts()) == {5}  # balanced
+    assert set(ds.split("val")["clean_label"].value_counts()) == {5}  # balanced before the label noise
+    assert set(ds.split("test")["clean_label"].value_counts()) == {2}
+    noisy = (ds.frame["label"] != ds.frame["clean_label"]).mean()
+    assert 0.15 < noisy < 0.31  # 456 faces, noise 0.23: the 99.9% binomial interval is about 0.16-0.30
     assert ds.frame["valence"].between(-1, 1).all() and ds.frame["landmarks"].map(len).eq(68).all()

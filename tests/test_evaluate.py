@@ -142,7 +142,7 @@ def test_metrics_table_rows_for_the_front_page_and_the_model_card():
         "| val | 3589 | 62.3% (61.0% to 64.0%) | 58.1% | 0.572 | 14.3% (happy) | PublicTest |"]
 
 
-def test_calibration_json_holds_the_cross_fitted_numbers(tmp_path):
+def test_calibration_is_fitted_on_the_selection_split_and_scored_on_the_report_split(tmp_path):
     y, probs = fake_predictions(n=200, seed=4)
     ty, tprobs = fake_predictions(n=100, seed=5)
     for split, labels, p in (("val", y, probs), ("test", ty, tprobs)):
@@ -151,15 +151,19 @@ def test_calibration_json_holds_the_cross_fitted_numbers(tmp_path):
     ds = SimpleNamespace(classes=CLASSES, splits=["train", "val", "test"])
     result = calibration.run(ds, tmp_path, seed=3)
     saved = json.loads((tmp_path / "calibration.json").read_text())
-    stored = calibration.labelled_probs(evaluate.load_predictions(tmp_path, "val"), CLASSES)
-    expected = calibration.cross_fit_temperature(*stored, seed=3)
-    assert saved["split"] == "val" and saved["bins"] == calibration.N_BINS
-    assert saved["temperature"] == expected["temperature"] == result["temperature"]
-    assert saved["ece_after_heldout"] == expected["ece_after"] and saved["nll_after_heldout"] == expected["nll_after"]
+    val_probs, val_y = calibration.labelled_probs(evaluate.load_predictions(tmp_path, "val"), CLASSES)
+    fitted = calibration.fit_temperature(val_probs, val_y)  # on val: all of it, nothing of test
+    assert saved["fit_split"] == "val" and saved["report_split"] == "test" and saved["bins"] == calibration.N_BINS
+    assert saved["temperature"] == fitted == result["temperature"]
     test_probs, test_y = calibration.labelled_probs(evaluate.load_predictions(tmp_path, "test"), CLASSES)
-    scaled = calibration.apply_temperature(test_probs, expected["temperature"])
-    assert saved["test"] == result["test"] and saved["test"]["ece_after"] == calibration.ece(scaled, test_y)
-    assert calibration.run(SimpleNamespace(classes=CLASSES, splits=["train", "val"]), tmp_path)["test"] is None
+    scaled = calibration.apply_temperature(test_probs, fitted)
+    assert saved["report"]["n"] == 100
+    assert saved["report"]["ece_before"] == calibration.ece(test_probs, test_y) == result["report"]["ece_before"]
+    assert saved["report"]["ece_after"] == calibration.ece(scaled, test_y)
+    assert saved["report"]["nll_after"] == calibration.nll(scaled, test_y)
+    expected = calibration.cross_fit_temperature(val_probs, val_y, seed=3)
+    assert saved["selection"]["ece_after_heldout"] == expected["ece_after"]
+    assert calibration.run(SimpleNamespace(classes=CLASSES, splits=["train", "val"]), tmp_path)["report"] is None
 
 
 def test_ece_and_temperature_scaling():
@@ -197,7 +201,7 @@ def test_grad_cam_and_occlusion_maps_have_the_input_size(name):
     x = np.random.default_rng(0).integers(0, 256, (3, 1, 32, 32), dtype=np.uint8)
     cam = saliency.grad_cam(model, x, targets=[0, 1, 2])
     assert cam.shape == (3, 32, 32) and np.isfinite(cam).all() and cam.min() >= 0 and cam.max() <= 1
-    assert isinstance(saliency.last_conv(model), torch.nn.Conv2d)
+    assert saliency.feature_layer(model) is not None
     assert all(m.inplace for m in model.modules() if isinstance(m, torch.nn.ReLU))  # restored
     occ = saliency.occlusion(model, x[:2], patch=8, stride=8)
     assert occ.shape == (2, 32, 32) and np.isfinite(occ).all()
@@ -301,3 +305,67 @@ def test_flip_tta_averages_the_logits_of_each_face_and_its_mirror():
     assert probs == pytest.approx(torch.softmax(torch.as_tensor(both), 1).numpy())
     symmetric = torch.cat([x[..., :16], x[..., :16].flip(-1)], -1)
     assert evaluate.predict(model, symmetric, flip=True) == pytest.approx(evaluate.predict(model, symmetric), abs=1e-6)
+
+
+def test_decide_tta_on_val_macro_f1_or_as_forced():
+    frame = lambda pred: pd.DataFrame(dict(true=["a", "a", "b", "b"], predicted=pred))
+    plain, better = frame(["a", "b", "b", "b"]), frame(["a", "a", "b", "b"])
+    decided = evaluate.decide_tta(plain, better, None)
+    assert decided["used"] and decided["split"] == "val" and decided["decided_by"] == "val macro-F1"
+    assert decided["val_macro_f1_flip"] == 1.0 and decided["val_macro_f1_plain"] < 1.0
+    low, high = decided["difference_ci"]
+    assert 0 <= low <= decided["val_macro_f1_flip"] - decided["val_macro_f1_plain"] <= high
+    assert not evaluate.decide_tta(plain, plain, None)["used"]  # a tie keeps the plain protocol
+    forced = evaluate.decide_tta(better, plain, True)
+    assert forced["used"] and forced["decided_by"] == "forced by tta_flip=true"
+
+
+def test_clean_label_scores_beside_the_noisy_ones():
+    ds = SimpleNamespace(frame=pd.DataFrame(dict(location=["1", "2", "3", "4"], clean_emotion=["a", "a", "b", "b"])))
+    frame = pd.DataFrame(dict(location=["1", "2", "3", "4"], true=["a", "b", "b", "b"], predicted=["a", "a", "b", "a"]))
+    assert evaluate.clean_label_scores(ds, frame) == dict(clean_accuracy=0.75, label_agreement=0.75)
+    assert evaluate.clean_label_scores(SimpleNamespace(frame=ds.frame.drop(columns="clean_emotion")), frame) == {}
+
+
+def test_headline_is_the_report_split_choices_come_from_val_and_the_original_is_scored_beside(tmp_path, one_thread):
+    """evaluate.run on a folder dataset whose own val split (the report split) holds copies of train images:
+    metrics.json leads with test, scores test + test_dup as test_original, records the TTA decision made on
+    val, and app.export still bundles it."""
+    from conftest import face
+    from fer_utils.app import export
+
+    root = tmp_path / "fer"
+    for split, offset, n in (("train", 0, 12), ("val", 5000, 4)):
+        for i, cls in enumerate(["angry", "happy", "sad", "neutral"]):
+            (root / split / cls).mkdir(parents=True)
+            for j in range(n):
+                face(offset + 100 * i + j).save(root / split / cls / f"{j}.png")
+    face(0).save(root / "val" / "sad" / "copy_of_angry.png")  # a duplicate of a train image, another label
+    face(101).save(root / "val" / "happy" / "copy_of_happy.png")
+    params = resolve(None, dict(dataset="folders", data_dir=str(root), epochs=1, width=4, image_size=24,
+                                batch_size=16, bootstrap=20, selection_fraction=0.25, ablation=""))
+    ds = open_dataset(params)
+    assert len(ds.split("test_dup")) == 2 and len(ds.split("test")) == 16
+    run_dir = tmp_path / "run"
+    train.fit(params, ds, run_dir)
+    result = evaluate.run(params, ds, run_dir, "cpu")
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert list(evaluate.split_headlines(saved)) == ["test", "test_original", "val"]
+    assert saved["test"]["role"] == "report split" and saved["val"]["role"] == "selection split"
+    assert "published" in saved["test_original"]["role"]
+    assert saved["test"]["n"] == 16 and saved["test_original"]["n"] == 18 and saved["val"]["n"] == len(ds.split("val"))
+    assert saved["checkpoint"]["report_split"] == "test"
+    model, ckpt = evaluate.load_for_evaluation(params, run_dir, ds)
+    plain, flipped = (evaluate.predict_split(model, ckpt, ds, "val", 64, flip=f)[0] for f in (False, True))
+    assert saved["checkpoint"]["tta_flip"] == result["tta"] == evaluate.decide_tta(plain, flipped, None, 20, 0)
+    assert result["recomputed"] == evaluate.reported_by_training(ckpt)
+    original = evaluate.load_predictions(run_dir, "test_original")
+    test = evaluate.load_predictions(run_dir, "test")
+    assert set(original["location"]) == set(ds.frame.loc[ds.frame["split"].isin(["test", "test_dup"]), "location"])
+    assert saved["test"]["accuracy"] == accuracy_score(test["true"], test["predicted"])
+    assert "to" in evaluate.metrics_rows(saved, detail=True)[0] and "(report split)" in evaluate.metrics_rows(saved)[0]
+    bundled = checkpoint.load_checkpoint(export.export_run(run_dir, tmp_path / "bundled.pt"))
+    assert list(bundled["metrics"]) == ["test", "test_original", "val"]
+
+    forced = evaluate.run(dict(params, tta_flip=True), ds, run_dir, "cpu")
+    assert forced["tta"]["used"] and forced["summaries"][0]["tta"] and "mirror" in forced["summaries"][0]["protocol"]

@@ -1,4 +1,4 @@
-"""Model factory: output shapes, topology promises, offline-only pretrained weights."""
+"""Model factory: output shapes, topology promises, architecture versions, offline-only pretrained weights."""
 from __future__ import annotations
 
 import subprocess
@@ -9,7 +9,10 @@ import torch
 from torch import nn
 from torchvision.ops import DropBlock2d
 
-from fer_utils.engine.models import MODELS, StridedPointwise, create_model, resnet18_weights_path
+from fer_utils.engine.checkpoint import load_model
+from fer_utils.engine.models import (MODELS, SHORTCUTS, StridedPointwise, create_model, model_from_config,
+                                     resnet18_weights_path)
+from fer_utils.app.predict import BUNDLED_CHECKPOINT
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -73,14 +76,17 @@ def test_strided_pointwise_equals_a_strided_1x1_conv():
         torch.testing.assert_close(ours.weight.grad, ref.weight.grad, rtol=1e-5, atol=1e-4)  # summation order
 
 
-def test_small_resnet_trains_in_channels_last_on_cpu():
+@pytest.mark.parametrize("shortcut", SHORTCUTS)
+@pytest.mark.parametrize("width", [8, 12])
+def test_small_resnet_trains_in_channels_last_on_cpu(shortcut, width):
     """Width 8 at 48 px in channels_last once segfaulted in backward (oneDNN's strided 1x1 weight
-    gradient); run in a child process so a crash fails this test instead of killing the suite."""
+    gradient for channel counts that are not multiples of 16); run in a child process so a crash
+    fails this test instead of killing the suite. Both architecture versions must stay crash-free."""
     code = (
         "import torch\n"
         "from fer_utils.engine.models import create_model\n"
         "torch.set_num_threads(1)\n"
-        "m = create_model('resnet', 7, 1, 48, 8).to(memory_format=torch.channels_last)\n"
+        f"m = create_model('resnet', 7, 1, 48, {width}, shortcut={shortcut!r}).to(memory_format=torch.channels_last)\n"
         "x = torch.randn(16, 1, 48, 48).contiguous(memory_format=torch.channels_last)\n"
         "torch.nn.functional.cross_entropy(m(x), torch.randint(0, 7, (16,))).backward()\n"
         "print(float(m.stem[0].weight.grad.abs().sum()) > 0)\n"
@@ -88,6 +94,82 @@ def test_small_resnet_trains_in_channels_last_on_cpu():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
     assert done.stdout.strip() == "True"
+
+
+def pixels_reached(model: nn.Module, train: bool) -> torch.Tensor:
+    """Which pixels of a 48 px input the first image's logits depend on, at initialisation: a (48, 48)
+    bool map. Eval mode: the gradient of the logits' sum is exactly zero for a pixel no path reaches.
+    Train mode: batch norm's batch statistics give every pixel a tiny gradient (~1e-5 of the largest)
+    through the mean and variance of the whole batch; that is no view of the face, so a pixel counts
+    only if its gradient is at least 1e-3 of the largest."""
+    torch.manual_seed(0)
+    x = torch.randn(16, 1, 48, 48, requires_grad=True)
+    model.train(train)(x)[0].sum().backward()
+    g = x.grad[0, 0].abs()
+    return g >= 1e-3 * g.max() if train else g > 0
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_small_resnet_output_depends_on_the_whole_face_at_initialisation(train):
+    """The ablation's resnet rung sat at chance: with 1x1 stride-2 shortcuts that read one pixel in four
+    and every residual branch zeroed, the initial output saw 64 of 2,304 pixels and none of the mouth.
+    The current architecture must see (nearly) every pixel, the lower third (mouth, chin) included."""
+    torch.manual_seed(0)
+    reached = pixels_reached(create_model("resnet", 7, 1, 48, 16), train)
+    assert reached.float().mean() >= 0.95
+    assert reached[32:].float().mean() >= 0.95
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_legacy_small_resnet_keeps_its_blind_spots(train):
+    """The legacy version is rebuilt for old checkpoints exactly as it was, defect included: in eval
+    mode 64 pixels (a 3x3 grid 16 px apart, each through the 3x3 stem), none below row 34; in train
+    mode ~10% of the pixels pass the threshold (batch statistics), against >99% for the current one."""
+    torch.manual_seed(0)
+    reached = pixels_reached(create_model("resnet", 7, 1, 48, 16, shortcut="strided"), train)
+    if train:
+        assert reached.float().mean() < 0.2 and reached[32:].float().mean() < 0.2
+    else:
+        assert reached.sum() == 64 and reached[34:].sum() == 0
+
+
+def test_architecture_version_is_recorded_and_old_configs_rebuild_the_legacy_one():
+    new = create_model("resnet", 7, 1, 48, 8)
+    assert new.config["shortcut"] == "avgpool"
+    assert not any(isinstance(m, StridedPointwise) for m in new.modules())
+    assert "shortcut" not in create_model("regularized_cnn", 7, 1, 48, 8).config  # the CNNs have one version
+    old_config = {k: v for k, v in new.config.items() if k != "shortcut"}  # as written before versions
+    legacy = model_from_config(old_config)
+    assert legacy.config["shortcut"] == "strided"
+    assert sum(isinstance(m, StridedPointwise) for m in legacy.modules()) == 4  # one per stage
+    assert model_from_config(new.config).config == new.config
+    # The versions' weights do not fit each other, so a legacy checkpoint never loads silently into the
+    # current architecture (nor the reverse).
+    with pytest.raises(RuntimeError, match="shortcut"):
+        new.load_state_dict(legacy.state_dict())
+    with pytest.raises(ValueError, match="unknown shortcut 'conv'; valid: avgpool, strided"):
+        create_model("resnet", 7, shortcut="conv")
+
+
+def test_bundled_checkpoint_rebuilds_the_legacy_resnet():
+    """The bundled model predates the versions: it must compute what it did when it was trained. The
+    logits were recorded with the code before the versions existed (same to ~1e-6 across CPUs)."""
+    model, ckpt = load_model(BUNDLED_CHECKPOINT)
+    assert "shortcut" not in ckpt["model_config"] and model.config["shortcut"] == "strided"
+    x = torch.rand(2, 1, 48, 48, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        logits = model(x)
+    recorded = torch.tensor([[-1.5525, 0.11335, -0.32404, -0.88809, -1.46232, -2.10577, 1.86594],
+                             [-1.40208, 0.39789, -0.07873, -0.97178, -1.9523, -1.72438, 1.0718]])
+    torch.testing.assert_close(logits, recorded, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("shortcut", SHORTCUTS)
+def test_small_resnet_odd_sides_keep_shortcut_and_branch_aligned(shortcut):
+    """conv1 (3x3, stride 2, padding 1) gives ceil(side / 2); the shortcut must give the same side."""
+    model = create_model("resnet", 7, 1, 100, 8, shortcut=shortcut).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, 100, 100)).shape == (2, 7)
 
 
 def test_pretrained_resnet18_without_cache_warns_or_raises(tmp_path, monkeypatch):
@@ -114,3 +196,17 @@ def test_pretrained_resnet18_from_cache_averages_rgb_filters(tmp_path, monkeypat
     assert gray.fc[-1].out_features == 5
     rgb = create_model("resnet18", 5, in_channels=3, pretrained=True)
     assert torch.equal(rgb.conv1.weight, imagenet["conv1.weight"])
+
+
+def test_unet_has_skip_connections_sees_the_whole_face_and_takes_any_side_from_16_px():
+    """The ablation's U-Net rung: each decoder level convolves the upsampled deeper map together with the
+    encoder's map of its size (the skip connections), the output depends on (nearly) every pixel of the
+    face, the mouth included, at initialisation, and any side from the registry's minimum works."""
+    model = create_model("unet", 7, 1, 48, 8)
+    assert [level[0].in_channels for level in model.up] == [64 + 32, 32 + 16, 16 + 8]
+    torch.manual_seed(0)
+    reached = pixels_reached(create_model("unet", 7, 1, 48, 16), train=False)
+    assert reached.float().mean() >= 0.95 and reached[32:].float().mean() >= 0.95
+    with torch.no_grad():
+        for side in (MODELS["unet"].min_image_size, 33, 100):
+            assert model.eval()(torch.randn(2, 1, side, side)).shape == (2, 7)

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
 from conftest import TINY
 from fer_utils.book import pipeline
+from fer_utils.data.datasets import open_dataset
+from fer_utils.paths import REPO_ROOT
 
 
 
@@ -38,7 +41,18 @@ def test_book_builds_then_cache_skips(isolated, tmp_path, capsys):
     run = tmp_path / "runs" / "tiny"
     prov = json.loads((run / "provenance.json").read_text())
     assert prov["data_fingerprint"] in index and prov["data_fingerprint"] in page  # front page and footer
-    assert (run / "params.yaml").is_file() and prov["images"] == {"train": 120, "val": 32}
+    assert (run / "params.yaml").is_file() and prov["images"] == {"train": 120, "val": 32, "test": 32}
+    # The headline is the report split (test); the choices were made on the selection split (val).
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert list(metrics)[:2] == ["test", "val"] and metrics["checkpoint"]["tta_flip"]["split"] == "val"
+    assert metrics["test"]["role"] == "report split" and 0 <= metrics["test"]["clean_accuracy"] <= 1
+    calibrated = json.loads((run / "calibration.json").read_text())
+    assert (calibrated["fit_split"], calibrated["report_split"], calibrated["report"]["n"]) == ("val", "test", 32)
+    assert "test (report split)" in (tmp_path / "_build" / "src" / "index.md").read_text()
+    evaluation = (html / "03_evaluation.html").read_text()
+    assert "Protocol, chosen on the selection split (val)" in evaluation and "clean label" in evaluation
+    assert "selection: the dataset" in page and "What these synthetic data can and cannot support" in page
+    assert "per true class" in (html / "04_errors.html").read_text()
 
     assert pipeline.main([str(isolated)]) == 0
     out = capsys.readouterr().out
@@ -59,6 +73,20 @@ def test_book_builds_then_cache_skips(isolated, tmp_path, capsys):
     assert (tmp_path / "runs" / "second" / "01_data.ipynb").is_file()
     runs_page = (html / "runs.html").read_text()
     assert "tiny" in runs_page and "second" in runs_page
+    assert_no_machine_paths(html, tmp_path)
+
+
+def assert_no_machine_paths(html, tmp_path):
+    """No page names a folder of the machine that built it: not the repository, the home folder or the
+    build's own folders (runs and data under tmp_path); paths are shown relative, under ~, or as .../name."""
+    folders = [str(REPO_ROOT), str(Path.home()) + "/", str(tmp_path)]
+    pages = sorted(html.glob("*.html"))
+    assert {p.stem for p in pages} >= {"index", "01_data", "03_evaluation", "06_demo", "07_model_card", "runs"}
+    for page in pages:
+        text = page.read_text()
+        assert not [f for f in folders if f in text], page.name
+    front = (tmp_path / "_build" / "src" / "index.md").read_text()
+    assert "| dataset | synthetic (`.../synthetic`) |" in front and "data_dir: '.../synthetic'" in front
 
 
 def test_interrupted_batch_continues_where_it_stopped(isolated, tmp_path, monkeypatch, capsys):
@@ -127,3 +155,30 @@ def test_code_hash_follows_the_executed_code_and_the_bundled_weights(tmp_path, m
     assert second != first
     (package / "engine" / "train.py").write_text("x = 2\n")
     assert pipeline.code_hash() not in (first, second)
+
+
+def test_data_chapter_shows_the_split_roles_and_the_duplicates(tmp_path):
+    """01_data on a folder dataset whose own val split (the report split) holds a copy of a train image under
+    another label: the page lists the roles, the duplicate counts and the conflicting duplicate."""
+    from conftest import face
+    from fer_utils.config import params as params_mod
+
+    root = tmp_path / "fer"
+    for split, offset, n in (("train", 0, 6), ("val", 5000, 3)):
+        for i, cls in enumerate(["angry", "happy"]):
+            (root / split / cls).mkdir(parents=True)
+            for j in range(n):
+                face(offset + 100 * i + j).save(root / split / cls / f"{j}.png")
+    face(0).save(root / "val" / "happy" / "copy_of_angry.png")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    params = params_mod.resolve(None, dict(dataset="folders", data_dir=str(root), image_size=24,
+                                           selection_fraction=0.25))
+    params_mod.save(params, run_dir / "params.yaml")
+    pipeline.execute(pipeline.NOTEBOOK_DIR / "01_data.py", run_dir)
+    outputs = json.dumps([c.get("outputs", []) for c in json.loads((run_dir / "01_data.ipynb").read_text())["cells"]])
+    roles = open_dataset(params).split_roles
+    assert set(roles) == {"train", "val", "test", "test_dup"}
+    assert all(json.dumps(f"- **{split}**: {line}")[1:-1] in outputs for split, line in roles.items())
+    assert "conflicting_groups" in outputs and "val/happy/copy_of_angry.png" in outputs
+    assert "1 of them disagree with an earlier copy" in outputs and "test_dup" in outputs

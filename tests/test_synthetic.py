@@ -15,7 +15,7 @@ from fer_utils.data import synthetic
 from fer_utils.data.synthetic import AFFECTNET_SHARES, class_counts, generate, render_face
 
 REPO = Path(__file__).resolve().parent.parent
-SMALL = dict(n_train=80, n_val=16, size=40)
+SMALL = dict(n_train=80, n_val=16, n_test=8, size=40)
 
 
 def _digests(root: Path) -> dict[str, str]:
@@ -80,12 +80,77 @@ def test_render_face_outputs():
         render_face(1, np.random.default_rng(0), 48, intensity=1.5)
 
 
-def test_valence_sign_follows_expression():
-    rng = np.random.Generator(np.random.PCG64(3))
-    for _ in range(20):
-        assert render_face(1, rng, 32, intensity=0.8)[1]["valence"] > 0   # happy
-        assert render_face(2, rng, 32, intensity=0.8)[1]["valence"] < 0   # sad
-        assert render_face(3, rng, 32, intensity=0.8)[1]["arousal"] > 0   # surprise
+# Digests of the output of GENERATOR_VERSION 2 (recorded when valence/arousal became per-face draws
+# and label noise and test_set/ were added; version 1's images are unchanged, byte for byte). A
+# refactor must not change a byte, and a change that does is a new generator version (bump
+# GENERATOR_VERSION and record new digests).
+GOLDEN_FACES_SHA256 = "1130d7a0174334bf00068a7375589a10fe4f301aa5ff939961cad92d28aebdbc"
+GOLDEN_DATASET_SHA256 = "e5f4d94574283b981e6d8f94b557cd15e9059629cd6075fa991d0d604a26849b"
+
+
+def _faces_digest() -> str:
+    """sha256 over render_face's pixels and annotations for every class at three sizes.
+
+    32 and 48 px are drawn at 2x and downsampled, 300 px at 1x; seeds 0-3 draw the intensity,
+    4-5 pass it. These 144 faces run every drawing branch (glasses, dark glasses, hand and
+    object occlusion, teeth, wrinkles, blur, grayscale), and the valence/arousal, drawn last,
+    pin the full sequence of random draws.
+    """
+    h = hashlib.sha256()
+    for size in (32, 48, 300):
+        for label in range(8):
+            for seed in range(6):
+                rng = np.random.Generator(np.random.PCG64([size, label, seed]))
+                img, ann = render_face(label, rng, size, None if seed < 4 else 0.25 * (seed - 3))
+                h.update(img.tobytes())
+                h.update(ann["landmarks"].tobytes())
+                h.update(np.array([ann["valence"], ann["arousal"], ann["intensity"]]).tobytes())
+    return h.hexdigest()
+
+
+def test_render_face_output_is_pinned():
+    assert _faces_digest() == GOLDEN_FACES_SHA256
+
+
+def test_dataset_bytes_are_pinned(tmp_path):
+    """Images, annotations, README and synthetic.json of a small dataset, file by file."""
+    digests = _digests(generate(tmp_path / "g", n_train=40, n_val=16, n_test=8, size=48, seed=3))
+    assert hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest() == GOLDEN_DATASET_SHA256
+
+
+def _valence_arousal(label: int, intensity: float, n: int) -> np.ndarray:
+    rng = np.random.Generator(np.random.PCG64([label, int(intensity * 100)]))
+    return np.array([[render_face(label, rng, 32, intensity=intensity)[1][k] for k in ("valence", "arousal")]
+                     for _ in range(n)])
+
+
+def test_valence_and_arousal_are_not_determined_by_class():
+    """Faces of one class and intensity spread around the class's circumplex point; the mean still moves
+    with the class and the intensity (neutral's point at 0, the class's at 1)."""
+    strong = _valence_arousal(1, 0.8, 150)                 # happy, intensity 0.8
+    assert strong.std(axis=0) == pytest.approx(synthetic.VA_SPREAD, rel=0.25)
+    assert strong[:, 0].mean() == pytest.approx(0.8 * 0.72, abs=0.04)
+    weak = _valence_arousal(1, 0.1, 150)
+    assert weak[:, 0].mean() < strong[:, 0].mean() - 0.4
+    assert (weak[:, 0] < 0).mean() > 0.2                   # a weak smile can read as negative
+    sad = _valence_arousal(2, 0.8, 150)
+    assert sad[:, 0].mean() < -0.4 and sad[:, 0].max() > strong[:, 0].min() - 0.9  # own spread, own mean
+    assert (_valence_arousal(3, 0.8, 50)[:, 1] > 0).mean() > 0.9    # surprise is aroused
+
+
+def test_label_noise_rate_and_uniform_confusion():
+    n, noise = 8000, synthetic.LABEL_NOISE
+    rng = np.random.Generator(np.random.PCG64(0))
+    clean = rng.integers(8, size=n)
+    noisy = np.array([synthetic.noisy_label(int(c), noise, rng) for c in clean])
+    again = np.array([synthetic.noisy_label(int(c), noise, rng) for c in clean])
+    flipped = noisy != clean
+    assert flipped.mean() == pytest.approx(noise, abs=0.015)          # 4.5 binomial standard deviations
+    assert (noisy == again).mean() == pytest.approx(0.60, abs=0.015)  # as AffectNet's annotators agree
+    shift = (noisy[flipped] - clean[flipped]) % 8                       # 1..7: the other class, uniformly
+    assert set(shift) == set(range(1, 8))
+    assert np.bincount(shift, minlength=8)[1:].min() > 0.8 * flipped.sum() / 7
+    assert all(synthetic.noisy_label(c, 0.0, rng) == c for c in range(8))
 
 
 # ----------------------------------------------------------------------------- dataset
@@ -94,17 +159,23 @@ def test_layout_counts_and_annotations(small):
     meta = json.loads((small / "synthetic.json").read_text())
     assert meta["generator"] == "fer_utils.data.synthetic"
     assert (small / "README.md").is_file()
-    for split, n, balanced in (("train_set", 80, False), ("val_set", 16, True)):
+    noisy = 0
+    for code, (split, n, balanced) in enumerate((("train_set", 80, False), ("val_set", 16, True),
+                                                 ("test_set", 8, True))):
         ids = _split(small, split)
         assert len(ids) == n and all(len(i) == 6 and i.isdigit() for i in ids)
+        assert len(list((small / split / "annotations").iterdir())) == 5 * n
         labels = []
         for i in ids:
             ann = small / split / "annotations"
             with Image.open(small / split / "images" / f"{i}.jpg") as im:
                 assert im.format == "JPEG" and im.mode == "RGB" and im.size == (40, 40)
-            exp = _str(ann / f"{i}_exp.npy")
-            assert exp in {str(c) for c in range(8)}
-            labels.append(int(exp))
+            clean, exp = int(_str(ann / f"{i}_exp_clean.npy")), int(_str(ann / f"{i}_exp.npy"))
+            # the annotated label is the clean one through the noise stream of (seed, split, 2, image)
+            stream = np.random.Generator(np.random.PCG64(np.random.SeedSequence([1, code, 2, int(i)])))
+            assert exp == synthetic.noisy_label(clean, synthetic.LABEL_NOISE, stream)
+            noisy += exp != clean
+            labels.append(clean)
             for kind in ("val", "aro"):
                 assert -1.0 <= float(_str(ann / f"{i}_{kind}.npy")) <= 1.0
             lnd = np.array([float(v) for v in _str(ann / f"{i}_lnd.npy").split(";")])
@@ -116,6 +187,7 @@ def test_layout_counts_and_annotations(small):
         counts = np.bincount(labels, minlength=8).tolist()
         assert counts == class_counts(n, balanced) == meta["counts"][split]
         assert labels != sorted(labels)  # shuffled: ids do not reveal the class
+    assert 0 < noisy < 104 / 2  # some labels are noisy, most are not
 
 
 def test_same_seed_same_bytes_other_seed_differs(small, tmp_path):
@@ -169,6 +241,7 @@ def test_never_touches_a_foreign_folder(tmp_path):
 @pytest.mark.parametrize("kwargs", [
     dict(n_train=0), dict(n_train=-5), dict(n_train=10.0), dict(n_train="10"), dict(n_train=True),
     dict(n_val=-1), dict(size=31), dict(size=513), dict(size=64.5), dict(seed=-1), dict(seed=None),
+    dict(n_test=-1), dict(label_noise=1.5), dict(label_noise=-0.1), dict(label_noise=True), dict(label_noise="0.2"),
 ])
 def test_argument_validation(tmp_path, kwargs):
     args = dict(SMALL, **kwargs)
@@ -187,11 +260,12 @@ def test_zero_val_is_allowed(tmp_path):
 def test_cli(tmp_path):
     out = tmp_path / "cli"
     cmd = [sys.executable, "-m", "fer_utils.data.synthetic", "--out", str(out), "--n-train", "24",
-           "--n-val", "8", "--size", "32", "--seed", "3"]
+           "--n-val", "8", "--n-test", "8", "--label-noise", "0.5", "--size", "32", "--seed", "3"]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert str(out) in res.stdout and "happy" in res.stdout
-    assert len(_split(out, "train_set")) == 24 and len(_split(out, "val_set")) == 8
+    assert len(_split(out, "train_set")) == 24 and len(_split(out, "val_set")) == len(_split(out, "test_set")) == 8
+    assert json.loads((out / "synthetic.json").read_text())["params"]["label_noise"] == 0.5
     res = subprocess.run(cmd[:-1] + ["4"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode != 0 and "--overwrite" in res.stderr
     res = subprocess.run(cmd[:-1] + ["4", "--overwrite"], cwd=REPO, capture_output=True, text=True,

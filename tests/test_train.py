@@ -147,6 +147,44 @@ def test_resume_refuses_a_checkpoint_for_other_params(data_root, tmp_path):
         train.fit({**params, "width": 16}, open_dataset(params), tmp_path / "run", resume=True)
 
 
+def test_damaged_last_checkpoint_stops_training_says_retrain_and_keeps_best(data_root, tmp_path):
+    params = make_params(data_root, epochs=2)
+    run = tmp_path / "run"
+    fit({**params, "epochs": 1}, run)  # an unfinished run: plain training would resume it
+    last, best = run / "last.pt", run / "best.pt"
+    last.write_bytes(last.read_bytes()[:3000])  # e.g. a disk that filled up outside atomic_write
+    damaged, best_bytes = last.read_bytes(), best.read_bytes()
+    expected = (f"not a checkpoint of this project (or damaged): {last}. To train this run from scratch, set "
+                f"retrain=true (-p retrain=true, without --resume); that replaces {best} too: copy it first to keep it")
+    for resume in (False, True):
+        with pytest.raises(checkpoint.CheckpointError) as err:
+            train.fit(params, open_dataset(params), run, resume=resume)
+        assert str(err.value) == expected
+        assert best.read_bytes() == best_bytes and last.read_bytes() == damaged
+
+    params_file = tmp_path / "p.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "fer_utils", "train", str(params_file), "--out", str(run), "--resume"],
+                          env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 1 and proc.stderr.splitlines() == [f"error: {expected}"], proc.stderr[-3000:]
+    assert best.read_bytes() == best_bytes and last.read_bytes() == damaged
+
+    again = train.fit({**params, "retrain": True}, open_dataset(params), run)  # what the message says works
+    assert not again["reused"] and checkpoint.load_checkpoint(last)["finished"]
+
+
+def test_an_exported_model_copied_over_last_pt_is_not_resumed(data_root, tmp_path):
+    params = make_params(data_root, epochs=1)
+    run = tmp_path / "run"
+    fit(params, run)
+    exported = {k: v for k, v in torch.load(run / "last.pt", weights_only=True).items()
+                if k not in ("optimizer", "scheduler", "rng", "finished")}
+    torch.save(exported, run / "last.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="not a checkpoint of this project .*-p retrain=true"):
+        fit(params, run)
+
+
 def test_num_workers_does_not_change_training(data_root, tmp_path):
     params = make_params(data_root, epochs=1, dropout=0.2, aug_flip=True, aug_rotate=10.0, aug_erasing=0.5)
     in_memory = fit(params, tmp_path / "memory")
@@ -338,7 +376,8 @@ def test_torchrun_two_cpu_processes(data_root, tmp_path):
            "-m", "fer_utils.engine.train", str(params_file), "-p", "device=cpu", "--out", str(tmp_path / "run")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    # 44 images over 2 ranks: 22 each, 2 steps of <= 16 (a single process takes 3).
+    # 39 training images (44 less the 5 carved out as the selection split) over 2 ranks: 20 each (one
+    # wrapped), 2 steps of <= 16 (a single process takes 3).
     assert "x 2 processes, 2 epochs of 2 steps" in proc.stdout
     assert proc.stdout.count("epoch 2/2") == 1  # only rank 0 logs
     ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
@@ -347,3 +386,39 @@ def test_torchrun_two_cpu_processes(data_root, tmp_path):
     checkpoint.load_checkpoint(tmp_path / "run" / "last.pt", create_model("resnet", 4, 1, 32, 8))
     assert len(pd.read_csv(tmp_path / "run" / "history.csv")) == 2
     assert Path(tmp_path / "run" / "best.pt").is_file()
+
+
+# -- large images: the disk-backed cache and the DataLoader path ----------------
+
+def test_one_batch_loader_serves_each_epochs_order_with_persistent_workers():
+    x = np.arange(10 * 4, dtype=np.uint8).reshape(10, 1, 2, 2)
+    y = np.arange(10, dtype=np.int64)
+    loader = sampling.BatchLoader(x, y, 1, torch.device("cpu"))
+    workers = []
+    for epoch in (1, 2):
+        batches = sampling.batch_indices(sampling.epoch_order(y, 10, dict(seed=0, imbalance="none"), epoch), 4)
+        got = list(sampling.iterate_batches(loader, None, batches, torch.device("cpu"), num_workers=1))
+        assert [yb.tolist() for _, yb in got] == [b.tolist() for b in batches]
+        assert all(torch.equal(xb, torch.from_numpy(x[b.numpy()])) for (xb, _), b in zip(got, batches))
+        workers.append([w.pid for w in loader.loader._iterator._workers])
+    assert workers[0] == workers[1]
+
+
+def test_224px_rgb_trains_through_the_disk_backed_cache_with_workers(tmp_path, monkeypatch):
+    """The large-image path at the study's size (a small model: the data path is what is tested)."""
+    loaded = []
+
+    class Spy(sampling.BatchLoader):
+        def __init__(self, x, y, num_workers, device):
+            loaded.append((type(x), num_workers))
+            super().__init__(x, y, num_workers, device)
+    monkeypatch.setattr(train, "BatchLoader", Spy)
+    params = resolve(None, dict(dataset="synthetic", data_dir=str(tmp_path / "data"), synthetic_n_train=24,
+                                synthetic_n_val=8, synthetic_n_test=8, synthetic_size=224, image_size=224, channels=3,
+                                model="resnet", width=8, epochs=1, batch_size=8, num_workers=2, device="cpu"))
+    out = fit(params, tmp_path / "run")
+    assert loaded == [(np.memmap, 2)]
+    assert len(out["history"]) == 1 and np.isfinite(out["history"]["train_loss"]).all()
+    assert torch.load(out["last_checkpoint"], weights_only=True)["finished"]
+    cached = sorted(p.name.split(".", 1)[1] for p in (tmp_path / "decoded").glob("*-224-3.*"))
+    assert cached == ["lock", "lock", "meta.npz", "meta.npz", "npy", "npy"]

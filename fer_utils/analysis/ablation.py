@@ -1,21 +1,27 @@
 """The ablation: train and score every rung of the ladder (`config.ladder`, the data of what each rung changes).
 
-Each variant is trained for `ablation_epochs` into runs/<run>/ablation/<variant>/ by
-the same engine as the main model, so a finished variant is reused on the next build.
+Each variant is trained for `ablation_epochs` with each of `ablation_seeds` seeds into
+runs/<run>/ablation/<variant>/seed<seed>/ by the same engine as the main model, so a
+finished variant is reused on the next build. Everything is scored on the selection
+split (val): the ablation is itself a choice of recipe, so the report split (test)
+stays out of it.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from ..config.ladder import VARIANTS, variant_names, variant_params
+from ..config.ladder import VARIANTS, changes_between, variant_names, variant_params, variant_seeds
 from ..data.datasets import Dataset
 from ..data.images import load_split
 from ..engine import train
 from ..engine.checkpoint import load_model
 from ..engine.runtime import TrainingError, select_device
+from ..metrics import scores
 from . import evaluate
+
 
 def rarest_classes(ds: Dataset, n: int = 2) -> list[str]:
     """The `n` classes with the fewest training images (among those in the validation split)."""
@@ -25,37 +31,47 @@ def rarest_classes(ds: Dataset, n: int = 2) -> list[str]:
 
 
 def run(params: dict, ds: Dataset, run_dir: str | Path) -> list[dict]:
-    """Train (or reuse) every variant, score its best checkpoint on val and, without augmentation, on train.
+    """Train (or reuse) every variant with every seed; score each best checkpoint on val and on train.
 
-    A variant whose training fails (NaN loss, out of memory) is reported in its result's `error` and the
-    others still run; nothing already trained is lost.
+    Train is scored like val: the model in eval mode, the images without augmentation, so the train-val
+    gap measures overfitting, not the augmentation's difficulty or dropout. Predictions go to
+    predictions_train.csv and predictions_val.csv beside each checkpoint. A variant whose training fails
+    (NaN loss, out of memory) is reported in its result's `error` and the others still run; nothing
+    already trained is lost. Each result: variant, change, error, run_dirs, fits, train, val (lists, one
+    entry per seed that trained).
     """
     root = Path(run_dir) / "ablation"
     device = select_device(params["device"])
+    images = {split: load_split(ds, split, params["image_size"], params["channels"]) for split in ("train", "val")}
     results = []
     for name in variant_names(params):
-        vp = variant_params(params, name)
-        out = root / name
-        try:
-            fit = train.fit(vp, ds, out)
-        except TrainingError as err:
-            results.append(dict(variant=name, change=VARIANTS[name][0], error=str(err), run_dir=out))
-            continue
-        model, ckpt = load_model(out / "best.pt", device)
-        scored = {}
-        for split in ("train", "val"):
-            x, y, locations = load_split(ds, split, params["image_size"], params["channels"])
-            probs = evaluate.predict(model, x, 2 * params["batch_size"], device, params["amp"])
-            scored[split] = evaluate.predictions_frame(locations, y, probs, ds.classes)
-        evaluate.save_predictions(scored["val"], out, "val")
-        results.append(dict(variant=name, change=VARIANTS[name][0], error=None, run_dir=out, fit=fit,
-                            train=scored["train"], val=scored["val"]))
+        result = dict(variant=name, change=VARIANTS[name].change, error=None, run_dirs=[], fits=[], train=[],
+                      val=[])
+        for seed in variant_seeds(params):
+            out = root / name / f"seed{seed}"
+            result["run_dirs"].append(out)
+            try:
+                fit = train.fit(variant_params(params, name, seed), ds, out)
+            except TrainingError as err:
+                result["error"] = f"seed {seed}: {err}"
+                break
+            model, _ = load_model(out / "best.pt", device)
+            for split, (x, y, locations) in images.items():
+                probs = evaluate.predict(model, x, 2 * params["batch_size"], device, params["amp"])
+                frame = evaluate.predictions_frame(locations, y, probs, ds.classes)
+                evaluate.save_predictions(frame, out, split)
+                result[split].append(frame)
+            result["fits"].append(fit)
+        results.append(result)
     return results
 
 
 def summary_table(results: list[dict], ds: Dataset) -> pd.DataFrame:
-    """One row per variant: validation accuracy, balanced accuracy, macro-F1, F1 of the rarest classes,
-    train accuracy (no augmentation) and the train-val gap, epochs, training minutes; failures say why."""
+    """One row per variant, scores on val (the selection split) as the mean over seeds: accuracy, balanced
+    accuracy, macro-F1 (and its standard deviation over seeds when there are several), F1 of the rarest
+    classes; train balanced accuracy (eval mode, no augmentation) and the gap, train minus val balanced
+    accuracy (train is imbalanced and val balanced: plain accuracy would mix the class prior into the gap);
+    the best epoch (mean over seeds), epochs trained and training minutes (all seeds). Failures say why."""
     rare = rarest_classes(ds)
     rows = []
     for r in results:
@@ -63,27 +79,52 @@ def summary_table(results: list[dict], ds: Dataset) -> pd.DataFrame:
         if r["error"]:
             rows.append({**row, "status": f"failed: {r['error']}"})
             continue
-        val, tr = r["val"], r["train"]
-        acc, bal, f1 = evaluate.scores(val["true"], val["predicted"])
-        train_acc = float((tr["true"] == tr["predicted"]).mean())
-        per_class = evaluate.per_class_table(val["true"], val["predicted"], ds.classes).set_index("emotion")
-        rows.append({**row, "status": "ok", "accuracy": acc, "balanced_accuracy": bal, "macro_f1": f1,
-                     **{f"f1_{c}": float(per_class.loc[c, "f1"]) for c in rare},
-                     "train_accuracy": train_acc, "gap": train_acc - acc, "best_epoch": r["fit"]["best_epoch"],
-                     "epochs": len(r["fit"]["history"]), "train_minutes": r["fit"]["train_time_s"] / 60})
+        per_seed = {split: np.array([scores(f["true"], f["predicted"]) for f in r[split]])
+                    for split in ("train", "val")}  # (seeds, [accuracy, balanced accuracy, macro-F1])
+        acc, bal, f1 = (float(v) for v in per_seed["val"].mean(0))
+        train_bal = float(per_seed["train"][:, 1].mean())
+        f1_sd = float(per_seed["val"][:, 2].std(ddof=1)) if len(r["val"]) > 1 else np.nan
+        rare_f1 = np.mean([evaluate.per_class_table(f["true"], f["predicted"], ds.classes).set_index("emotion")
+                           .loc[rare, "f1"].to_numpy() for f in r["val"]], axis=0)
+        rows.append({**row, "status": "ok", "seeds": len(r["val"]), "accuracy": acc, "balanced_accuracy": bal,
+                     "macro_f1": f1, "macro_f1_sd": f1_sd, **{f"f1_{c}": float(v) for c, v in zip(rare, rare_f1)},
+                     "train_balanced_accuracy": train_bal, "gap": train_bal - bal,
+                     "best_epoch": float(np.mean([fit["best_epoch"] for fit in r["fits"]])),
+                     "epochs": max(len(fit["history"]) for fit in r["fits"]),
+                     "train_minutes": sum(fit["train_time_s"] for fit in r["fits"]) / 60})
     return pd.DataFrame(rows)
 
 
+def steps(results: list[dict], n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Each rung that trained against the nearest rung above it that trained: the macro-F1 difference on val
+    (mean over seeds) with its paired bootstrap 95% CI (`evaluate.paired_bootstrap`: the same images,
+    resampled together) and the verdict, "noise" when the CI spans 0. `changes` says what differs: one
+    idea between neighbours, every skipped rung's change too when the run's list leaves rungs out."""
+    ok = [r for r in results if not r["error"]]
+    rows = []
+    for above, r in zip(ok, ok[1:]):
+        y_true = r["val"][0]["true"].to_numpy()
+        pred = {x["variant"]: np.stack([f["predicted"].to_numpy() for f in x["val"]]) for x in (above, r)}
+        ci = evaluate.paired_bootstrap(y_true, pred[above["variant"]], pred[r["variant"]], n_boot, seed)
+        rows.append(dict(variant=r["variant"], above=above["variant"],
+                         changes="; ".join(changes_between(above["variant"], r["variant"])),
+                         macro_f1_change=ci["difference"], ci_low=ci["low"], ci_high=ci["high"],
+                         verdict=ci["verdict"]))
+    return pd.DataFrame(rows, columns=["variant", "above", "changes", "macro_f1_change", "ci_low", "ci_high",
+                                       "verdict"])
+
+
 def histories(results: list[dict]) -> dict[str, pd.DataFrame]:
-    """Per-epoch history of every variant that trained."""
-    return {r["variant"]: r["fit"]["history"] for r in results if not r["error"]}
+    """Per-epoch history of every variant that trained (its first seed's)."""
+    return {r["variant"]: r["fits"][0]["history"] for r in results if not r["error"]}
 
 
 def comparisons(results: list[dict], classes) -> tuple[dict, dict]:
-    """({variant: confusion matrix}, {variant: per-class table}) on val, for figures.compare_*."""
-    ok = [r for r in results if not r["error"]]
-    cms = {r["variant"]: evaluate.confusion(r["val"]["true"], r["val"]["predicted"], classes) for r in ok}
-    tables = {r["variant"]: evaluate.per_class_table(r["val"]["true"], r["val"]["predicted"], classes) for r in ok}
+    """({variant: confusion matrix}, {variant: per-class table}) on val, every seed's predictions pooled,
+    for figures.compare_*."""
+    pooled = {r["variant"]: pd.concat(r["val"], ignore_index=True) for r in results if not r["error"]}
+    cms = {name: evaluate.confusion(f["true"], f["predicted"], classes) for name, f in pooled.items()}
+    tables = {name: evaluate.per_class_table(f["true"], f["predicted"], classes) for name, f in pooled.items()}
     return cms, tables
 
 
@@ -94,4 +135,3 @@ def best_variant(table: pd.DataFrame) -> pd.Series:
 
 def rare_columns(table: pd.DataFrame) -> list[str]:
     return [c for c in table.columns if c.startswith("f1_")]
-

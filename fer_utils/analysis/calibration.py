@@ -8,9 +8,10 @@
   by minimising the negative log-likelihood with a golden-section search over
   log T (NLL is convex in 1/T, so unimodal in log T): no scipy, no gradients.
   It never changes the predicted class, so accuracy stays the same.
-- Fitting T and measuring ECE on the same images is optimistic, so
-  `cross_fit_temperature` fits on one half of the validation split and measures on
-  the other (both ways round, stratified by class).
+- Fitting T and measuring ECE on the same images is optimistic, so `run` fits T on
+  the selection split (val) and reports ECE and NLL on the report split (test);
+  `cross_fit_temperature` also measures it within the selection split, fitting on
+  one half and measuring on the other (both ways round, stratified by class).
 
 Probabilities stand in for logits: log p differs from the logits by a per-image
 constant, which softmax ignores, so softmax(log p / T) = softmax(z / T).
@@ -172,25 +173,31 @@ def labelled_probs(frame: pd.DataFrame, classes) -> tuple[np.ndarray, np.ndarray
     return evaluate.prob_columns(frame, classes), frame["true"].map(classes.index).to_numpy()
 
 
-def run(ds: Dataset, run_dir, seed: int = 0, split: str = "val") -> dict:
-    """The calibration step of the errors chapter: temperature scaling cross-fitted on the saved
-    predictions of `split` (`cross_fit_temperature`), the temperature fitted on all of them applied to the
-    test predictions when the dataset has a test split, and calibration.json written to the run folder.
+def run(ds: Dataset, run_dir, seed: int = 0, fit_split: str = "val", report_split: str = "test") -> dict:
+    """The calibration step of the errors chapter: the temperature fitted on all saved predictions of the
+    selection split (`fit_split`), and ECE and NLL before and after it measured on the report split
+    (`report_split`), which played no part in the fit; calibration.json written to the run folder.
 
-    Returns cross_fit_temperature's dict plus test (ece_before, ece_after, nll_before, nll_after on the test
-    split, or None)."""
+    Returns fit_split, report_split, temperature, report (n, ece_before, ece_after, nll_before, nll_after,
+    probs, calibrated, y: the report split's probabilities before and after scaling and its labels) and
+    selection (`cross_fit_temperature` on the fit split: the fitted temperature's effect on images it
+    was not fitted on, for a dataset without a report split too)."""
     run_dir = Path(run_dir)
-    probs, y = labelled_probs(evaluate.load_predictions(run_dir, split), ds.classes)
-    cal = cross_fit_temperature(probs, y, seed=seed)
-    test = None
-    if "test" in ds.splits and (run_dir / "predictions_test.csv").is_file():
-        tp, ty = labelled_probs(evaluate.load_predictions(run_dir, "test"), ds.classes)
-        scaled = apply_temperature(tp, cal["temperature"])
-        test = dict(ece_before=ece(tp, ty), ece_after=ece(scaled, ty), nll_before=nll(tp, ty),
-                    nll_after=nll(scaled, ty))
+    probs, y = labelled_probs(evaluate.load_predictions(run_dir, fit_split), ds.classes)
+    selection = cross_fit_temperature(probs, y, seed=seed)
+    temperature = selection["temperature"]
+    report = None
+    if report_split in ds.splits and (run_dir / f"predictions_{report_split}.csv").is_file():
+        rp, ry = labelled_probs(evaluate.load_predictions(run_dir, report_split), ds.classes)
+        scaled = apply_temperature(rp, temperature)
+        report = dict(n=int(len(ry)), ece_before=ece(rp, ry), ece_after=ece(scaled, ry), nll_before=nll(rp, ry),
+                      nll_after=nll(scaled, ry), probs=rp, calibrated=scaled, y=ry)
+    arrays = ("probs", "calibrated", "y")
     write_text(run_dir / "calibration.json", json.dumps(dict(
-        split=split, bins=N_BINS, temperature=cal["temperature"], fold_temperatures=cal["fold_temperatures"],
-        ece_before=cal["ece_before"], ece_after_heldout=cal["ece_after"],
-        ece_after_in_sample=cal["ece_after_in_sample"], nll_before=cal["nll_before"],
-        nll_after_heldout=cal["nll_after"], test=test), indent=2))
-    return dict(cal, test=test)
+        fit_split=fit_split, report_split=report_split, bins=N_BINS, temperature=temperature,
+        report=None if report is None else {k: v for k, v in report.items() if k not in arrays},
+        selection=dict(fold_temperatures=selection["fold_temperatures"], ece_before=selection["ece_before"],
+                       ece_after_heldout=selection["ece_after"], nll_before=selection["nll_before"],
+                       nll_after_heldout=selection["nll_after"])), indent=2))
+    return dict(fit_split=fit_split, report_split=report_split, temperature=temperature, report=report,
+                selection=selection)

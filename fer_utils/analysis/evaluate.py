@@ -4,6 +4,12 @@
 folder's predictions_<split>.csv and metrics.json, which later chapters, the book's pages and the export of
 a model read.
 
+Split roles (`data.splits`): every choice is made on the selection split "val" (the checkpoint's epoch,
+whether flip test-time augmentation is the protocol: `decide_tta`); the headline is the report split
+"test", scored once per run. Where deduplication set report images aside (test_dup), the original report
+split (test + test_dup, "test_original") is scored beside it, labelled for comparison with published
+numbers, which were measured on it.
+
 Every score is computed by scikit-learn from (true, predicted) labels, and every
 summary says which split it was measured on and what that split looks like:
 
@@ -32,6 +38,7 @@ from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_
 
 from ..data.datasets import Dataset
 from ..data.images import load_split, open_image, to_array
+from ..engine import inference
 from ..engine.checkpoint import CheckpointError, load_model
 from ..engine.runtime import amp_dtype as select_amp_dtype
 from ..engine.runtime import select_device, unwrap_model
@@ -67,9 +74,7 @@ def predict(model: torch.nn.Module, x_uint8, batch_size: int = 256, device="cpu"
     for start in range(0, len(x), batch_size):
         xb = x[start:start + batch_size].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(prepare_batch(xb)).float()
-            if flip:
-                logits = (logits + model(prepare_batch(xb.flip(-1))).float()) / 2
+            logits = inference.logits(model, prepare_batch(xb), flip)
         chunks.append(logits.cpu())
     num_classes = _num_classes(model)
     logits = torch.cat(chunks).double() if chunks else torch.zeros((0, num_classes), dtype=torch.float64)
@@ -153,6 +158,51 @@ def bootstrap_ci(y_true, y_pred, n_boot: int = 1000, seed: int = 0, level: float
             zip(("accuracy", "balanced_accuracy", "macro_f1"), low, high)}
 
 
+def _macro_f1_from_counts(cm: np.ndarray) -> float:
+    """Macro-F1 of a confusion matrix (rows true, columns predicted) over the classes true or predicted,
+    as `metrics.scores` defines it: F1 = 2 TP / (true + predicted) per class."""
+    tp, true, predicted = np.diag(cm), cm.sum(1), cm.sum(0)
+    seen = (true + predicted) > 0
+    return float((2 * tp[seen] / (true[seen] + predicted[seen])).mean())
+
+
+def paired_bootstrap(y_true, pred_a, pred_b, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Paired percentile bootstrap of the macro-F1 difference b - a on the same images.
+
+    Two models scored on one split share its hard and easy images; separate CIs ignore that and are too
+    wide to tell small steps apart. Here each resample draws the images with replacement (the draws of
+    `bootstrap_ci`) and scores both predictions on that same draw. `pred_a`, `pred_b`: predictions of the
+    images of `y_true`, (n,) or (seeds, n); with several seeds a side's score is the mean of its seeds'
+    macro-F1 on the draw. Returns difference (on all images), low, high, n_boot, level, and verdict:
+    "better" or "worse" when the CI excludes 0, else "noise".
+    """
+    if n_boot < 2:
+        raise ValueError(f"bootstrap needs at least 2 resamples, got {n_boot}")
+    y_true = np.asarray(y_true)
+    sides = [np.atleast_2d(np.asarray(p)) for p in (pred_a, pred_b)]
+    if any(p.shape[1] != y_true.size for p in sides):
+        raise ValueError(f"predictions of shapes {[p.shape for p in sides]} do not match {y_true.size} labels")
+    labels, codes = np.unique(np.concatenate([y_true.ravel(), *(p.ravel() for p in sides)]), return_inverse=True)
+    k, n = len(labels), y_true.size
+    true_codes, rest = codes[:n], codes[n:]
+    cells = [true_codes * k + c.reshape(p.shape) for c, p in
+             zip(np.split(rest, [sides[0].size]), sides)]  # (seeds, n) confusion-cell index per prediction
+
+    def difference(weights: np.ndarray) -> float:
+        a, b = ([_macro_f1_from_counts(np.bincount(row, weights, k * k).reshape(k, k)) for row in c]
+                for c in cells)
+        return float(np.mean(b) - np.mean(a))
+
+    rng = np.random.default_rng(seed)
+    values = np.array([difference(np.bincount(rng.integers(0, n, n), minlength=n).astype(float))
+                       for _ in range(n_boot)])
+    alpha = (1 - level) / 2
+    low, high = (float(v) for v in np.quantile(values, [alpha, 1 - alpha]))
+    verdict = "better" if low > 0 else "worse" if high < 0 else "noise"
+    return dict(difference=difference(np.ones(n)), low=low, high=high, n_boot=int(n_boot), level=level,
+                verdict=verdict)
+
+
 def train_majority(ds: Dataset) -> str:
     """The training split's most frequent class (the first split's if there is no train split)."""
     split = "train" if "train" in ds.splits else ds.splits[0]
@@ -179,7 +229,11 @@ def split_summary(y_true, y_pred, classes, train_majority: str | int, n_boot: in
     split's shape. Labels may be class names or ids. Keys: split, n, accuracy, balanced_accuracy, macro_f1,
     weighted_f1, accuracy_ci, balanced_accuracy_ci, macro_f1_ci, majority_class, majority_accuracy,
     majority_balanced_accuracy, majority_macro_f1, balanced, imbalance, min_count, max_count,
-    absent_classes (names), present_classes, protocol."""
+    absent_classes (names), present_classes, f1_extra_classes, protocol.
+
+    Balanced accuracy averages over present_classes; macro-F1 over present_classes plus f1_extra_classes
+    (predicted but absent, each with F1 0): the two share one class set exactly when f1_extra_classes is
+    empty, which pages state rather than assume."""
     classes = list(classes)
     y_true, y_pred = _as_ids(y_true, classes), _as_ids(y_pred, classes)
     if y_true.size == 0:
@@ -201,7 +255,8 @@ def split_summary(y_true, y_pred, classes, train_majority: str | int, n_boot: in
              balanced=is_balanced(counts),
              imbalance=float(present.max() / present.min()), min_count=int(present.min()),
              max_count=int(present.max()), absent_classes=absent,
-             present_classes=[c for c, n in zip(classes, counts) if n > 0])
+             present_classes=[c for c, n in zip(classes, counts) if n > 0],
+             f1_extra_classes=[classes[i] for i in sorted(set(np.unique(y_pred).tolist()) - set(np.unique(y_true).tolist()))])
     s["protocol"] = protocol_text(s)
     return s
 
@@ -222,6 +277,14 @@ def summary_table(summaries: list[dict]) -> pd.DataFrame:
                          balanced_accuracy=s["majority_balanced_accuracy"], balanced_accuracy_95ci="",
                          macro_f1=s["majority_macro_f1"], macro_f1_95ci="", weighted_f1=np.nan))
     return pd.DataFrame(rows)
+
+
+def percent_pair(a: float, b: float) -> tuple[str, str, str]:
+    """Two shares as pages compare them: both as "66.2%" and their gap in percentage points, all from the
+    same rounding to 0.1 point, so equal numbers never read "66.2% vs 66.3%" and the gap is the
+    difference of the numbers shown."""
+    ra, rb = round(100 * a, 1), round(100 * b, 1)
+    return f"{ra:.1f}%", f"{rb:.1f}%", f"{abs(ra - rb):.1f}"
 
 
 def _fmt_ci(ci, fmt: str) -> str:
@@ -280,8 +343,10 @@ def headline(summary: dict) -> dict:
     """The part of a split summary that metrics.json (and the book's front page) shows."""
     keys = ("n", "accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "accuracy_ci", "balanced_accuracy_ci",
             "macro_f1_ci", "majority_class", "majority_accuracy", "majority_balanced_accuracy", "majority_macro_f1",
-            "balanced", "absent_classes", "protocol")
-    return {k: (list(summary[k]) if isinstance(summary[k], tuple) else summary[k]) for k in keys}
+            "balanced", "absent_classes", "f1_extra_classes", "protocol")
+    optional = ("role", "tta", "clean_accuracy", "label_agreement")  # set by `run`, not by split_summary
+    return {k: (list(summary[k]) if isinstance(summary[k], tuple) else summary[k])
+            for k in keys + tuple(k for k in optional if k in summary)}
 
 
 def save_metrics(summaries: list[dict], run_dir, **extra) -> Path:
@@ -386,43 +451,94 @@ def run_results(run_dir, split: str = "val") -> dict:
 
 
 def evaluation_splits(ds: Dataset) -> list[str]:
-    """Validation, and test when the dataset has one."""
-    return [s for s in ("val", "test") if s in ds.splits]
+    """The report split (test) first, then the selection split (val): the splits `run` scores."""
+    return [s for s in ("test", "val") if s in ds.splits]
 
 
 TTA_NOTE = "; each face is predicted together with its mirror image (flip test-time augmentation)"
+ORIGINAL = "test_original"  # the report split with its duplicates put back: the dataset's own split as published
+ROLE = {"test": "report split", "val": "selection split",
+        ORIGINAL: "original report split, duplicates included: for comparison with published numbers only"}
+
+
+def decide_tta(plain: pd.DataFrame, flipped: pd.DataFrame, forced: bool | None, n_boot: int = 1000,
+               seed: int = 0) -> dict:
+    """Whether flip test-time augmentation is the headline protocol, decided on the selection split (val):
+    it is when it raises val macro-F1 (a tie keeps the simpler protocol), unless the `tta_flip` param forces
+    it (true or false). Returns split, val_macro_f1_plain, val_macro_f1_flip, difference_ci (paired
+    percentile bootstrap 95% CI of flip minus plain: the same resampled images scored both ways, so the
+    page can say whether the gain is more than resampling noise), used, decided_by."""
+    true, a, b = (frame.to_numpy() for frame in (plain["true"], plain["predicted"], flipped["predicted"]))
+    if not np.array_equal(true, flipped["true"].to_numpy()):
+        raise ValueError("the plain and flipped predictions are not of the same images in the same order")
+    f1_plain, f1_flip = scores(true, a)[2], scores(true, b)[2]
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(true), len(true))
+        diffs.append(scores(true[idx], b[idx])[2] - scores(true[idx], a[idx])[2])
+    used = f1_flip > f1_plain if forced is None else bool(forced)
+    return dict(split="val", val_macro_f1_plain=f1_plain, val_macro_f1_flip=f1_flip,
+                difference_ci=[float(q) for q in np.quantile(diffs, [0.025, 0.975])], used=bool(used),
+                decided_by="val macro-F1" if forced is None else f"forced by tta_flip={str(forced).lower()}")
+
+
+def clean_label_scores(ds: Dataset, frame: pd.DataFrame) -> dict:
+    """Synthetic data only ({} otherwise): accuracy against the generator's clean labels, and the share of
+    the split's (noisy) labels that equal them, the ceiling the noisy-label accuracy can reach with a model
+    that predicts the clean class."""
+    if "clean_emotion" not in ds.frame:
+        return {}
+    clean = frame["location"].map(ds.frame.set_index("location")["clean_emotion"])
+    return dict(clean_accuracy=float((frame["predicted"] == clean).mean()),
+                label_agreement=float((frame["true"] == clean).mean()))
+
+
+def _scored(frame: pd.DataFrame, ds: Dataset, majority: str, params: dict, split: str, tta: bool) -> dict:
+    summary = split_summary(frame["true"], frame["predicted"], ds.classes, majority, params["bootstrap"],
+                            params["seed"], split)
+    summary.update(role=ROLE[split], tta=tta, **clean_label_scores(ds, frame))
+    if tta:
+        summary["protocol"] += TTA_NOTE
+    return dict(frame=frame, summary=summary, table=per_class_table(frame["true"], frame["predicted"], ds.classes),
+                cm=confusion(frame["true"], frame["predicted"], ds.classes))
 
 
 def run(params: dict, ds: Dataset, run_dir, device) -> dict:
     """The evaluation step, next to `engine.train.fit` and `analysis.ablation.run`: load the checkpoint
-    params["checkpoint"] names, predict every evaluation split (flip test-time augmentation when
-    params["tta_flip"]), write predictions_<split>.csv and metrics.json (which later chapters, the front
-    page and `app.export` read), and return what the evaluation chapter shows:
+    params["checkpoint"] names; predict the selection split (val) with and without flip test-time
+    augmentation and decide the protocol there (`decide_tta`); score the report split (test) once under
+    it, and, when deduplication set images aside (test_dup), the original report split (test + test_dup,
+    "test_original") beside it; write predictions_<split>.csv and metrics.json (test first: the headline;
+    which later chapters, the front page and `app.export` read), and return what the evaluation chapter shows:
 
     ckpt (the loaded checkpoint), per_split ({split: frame, summary, table (per_class_table), cm
-    (confusion)}, in `evaluation_splits` order), summaries, table (summary_table), reported (what training
-    logged on val for the checkpoint's epoch, or None) and recomputed (the same three scores recomputed
-    from the validation predictions under training's protocol, no test-time augmentation)."""
+    (confusion)}: test, test_original when there are duplicates, val), summaries, table (summary_table),
+    tta (the decision), reported (what training logged on val for the checkpoint's epoch, or None) and
+    recomputed (the same three scores recomputed from the val predictions under training's protocol, no
+    test-time augmentation)."""
     model, ckpt = load_for_evaluation(params, run_dir, ds, device)
     majority = train_majority(ds)
-    batch, tta = 2 * params["batch_size"], params["tta_flip"]
+    batch, amp = 2 * params["batch_size"], params["amp"]
+    plain, flipped = (predict_split(model, ckpt, ds, "val", batch, device, amp, flip=f)[0] for f in (False, True))
+    tta = decide_tta(plain, flipped, params["tta_flip"], params["bootstrap"], params["seed"])
+    frames = {"val": flipped if tta["used"] else plain}
+    if "test" in ds.splits:
+        frames["test"] = predict_split(model, ckpt, ds, "test", batch, device, amp, flip=tta["used"])[0]
+        if "test_dup" in ds.splits:
+            dup = predict_split(model, ckpt, ds, "test_dup", batch, device, amp, flip=tta["used"])[0]
+            frames[ORIGINAL] = pd.concat([frames["test"], dup], ignore_index=True)
     per_split = {}
-    for split in evaluation_splits(ds):
-        frame, *_ = predict_split(model, ckpt, ds, split, batch, device, params["amp"], flip=tta)
-        save_predictions(frame, run_dir, split)
-        summary = split_summary(frame["true"], frame["predicted"], ds.classes, majority, params["bootstrap"],
-                                params["seed"], split)
-        if tta:
-            summary["protocol"] += TTA_NOTE
-        per_split[split] = dict(frame=frame, summary=summary,
-                                table=per_class_table(frame["true"], frame["predicted"], ds.classes),
-                                cm=confusion(frame["true"], frame["predicted"], ds.classes))
+    for split in ("test", ORIGINAL, "val"):
+        if split in frames:
+            save_predictions(frames[split], run_dir, split)
+            per_split[split] = _scored(frames[split], ds, majority, params, split, tta["used"])
     summaries = [r["summary"] for r in per_split.values()]
-    plain = predict_split(model, ckpt, ds, "val", batch, device, params["amp"])[0] if tta else per_split["val"]["frame"]
     save_metrics(summaries, run_dir, checkpoint=dict(
         path=str(ckpt["path"]), epoch=int(ckpt["epoch"]), best_epoch=int(ckpt["best_epoch"]),
-        selected_by="validation macro-F1", model=ckpt["model_config"]["name"]))
-    return dict(ckpt=ckpt, per_split=per_split, summaries=summaries, table=summary_table(summaries),
+        selected_by="val macro-F1 (selection split)", model=ckpt["model_config"]["name"],
+        report_split="test" if "test" in per_split else "val", tta_flip=tta))
+    return dict(ckpt=ckpt, per_split=per_split, summaries=summaries, table=summary_table(summaries), tta=tta,
                 reported=reported_by_training(ckpt), recomputed=scores(plain["true"], plain["predicted"]))
 
 
@@ -455,7 +571,8 @@ def metrics_rows(metrics: dict, run: str | None = None, detail: bool = False) ->
 
     rows = []
     for split, m in split_headlines(metrics).items():
-        cells = ([run] if run is not None else []) + [split] + ([str(m.get("n", ""))] if detail else []) + [
+        name = f"{split} ({m['role']})" if m.get("role") else split
+        cells = ([run] if run is not None else []) + [name] + ([str(m.get("n", ""))] if detail else []) + [
             score(m, "accuracy", "{:.1%}"), score(m, "balanced_accuracy", "{:.1%}"), score(m, "macro_f1", "{:.3f}")]
         if detail:
             cells.append(f"{m['majority_balanced_accuracy']:.1%} ({m.get('majority_class', '')})"

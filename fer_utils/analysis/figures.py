@@ -41,24 +41,32 @@ def face_grid(faces: dict[str, list[np.ndarray]], size: int) -> go.Figure:
     return fig
 
 
-def training_curves(history: pd.DataFrame, best_epoch: int) -> go.Figure:
-    """Loss and scores per epoch, train vs val, with the best epoch (by val macro-F1) marked."""
+def training_curves(history: pd.DataFrame, best_epoch: int, train_loss: str = "the training objective") -> go.Figure:
+    """Three panels per epoch: train loss, val loss, and scores (train accuracy, val scores), with the best
+    epoch (by val macro-F1) marked. The two losses get panels and axes of their own: the train loss is
+    what training minimised (`train_loss` names it: class weights, label smoothing or an L1 term make it
+    another quantity than the val loss, plain cross-entropy on unaugmented images), so one axis would
+    invite a comparison the numbers do not support."""
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Validation scores and train accuracy"))
+    fig = make_subplots(rows=1, cols=3, subplot_titles=(f"Train loss: {train_loss}",
+                                                        "Val loss: plain cross-entropy",
+                                                        "Val scores and train accuracy"))
     e = history["epoch"]
-    for name, col, dash in (("train loss", "train_loss", "dot"), ("val loss", "val_loss", None)):
-        fig.add_scatter(x=e, y=history[col], name=name, mode="lines+markers", line=dict(dash=dash), row=1, col=1)
+    fig.add_scatter(x=e, y=history["train_loss"], name="train loss", mode="lines+markers", line=dict(dash="dot"),
+                    row=1, col=1)
+    fig.add_scatter(x=e, y=history["val_loss"], name="val loss", mode="lines+markers", row=1, col=2)
     for name, col, dash in (("train accuracy", "train_accuracy", "dot"), ("val accuracy", "val_accuracy", None),
                             ("val balanced accuracy", "val_balanced_accuracy", None),
                             ("val macro-F1", "val_macro_f1", None)):
-        fig.add_scatter(x=e, y=history[col], name=name, mode="lines+markers", line=dict(dash=dash), row=1, col=2)
-    for col in (1, 2):
+        fig.add_scatter(x=e, y=history[col], name=name, mode="lines+markers", line=dict(dash=dash), row=1, col=3)
+    for col in (1, 2, 3):
         fig.add_vline(x=best_epoch, line=dict(color="gray", dash="dash"), row=1, col=col)
-    fig.add_annotation(x=best_epoch, y=1.0, yref="y2 domain", xref="x2", text=f"best epoch {best_epoch}",
+    fig.add_annotation(x=best_epoch, y=1.0, yref="y3 domain", xref="x3", text=f"best epoch {best_epoch}",
                        showarrow=False, yanchor="bottom")
     fig.update_xaxes(title_text="epoch")
-    fig.update_yaxes(tickformat=".0%", row=1, col=2)
+    fig.update_yaxes(tickformat=".0%", row=1, col=3)
+    fig.update_annotations(font_size=12)
     fig.update_layout(height=420, legend=dict(orientation="h", y=-0.25))
     return fig
 
@@ -337,12 +345,13 @@ def compare_curves(histories: dict[str, pd.DataFrame], metric: str = "val_macro_
     return fig
 
 
-def ablation_bars(table: pd.DataFrame, title: str = "Ablation on the validation split") -> go.Figure:
+def ablation_bars(table: pd.DataFrame, title: str = "Ablation on the selection split (val)") -> go.Figure:
     """Grouped bars per variant (ablation.summary_table rows that trained): validation accuracy, balanced
-    accuracy, macro-F1, F1 of the rarest classes, and the train-val accuracy gap."""
+    accuracy, macro-F1, F1 of the rarest classes, and the train-val gap in balanced accuracy (train scored in
+    eval mode without augmentation)."""
     columns = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro-F1",
                **{c: f"F1 {c[3:]} (rare)" for c in table.columns if c.startswith("f1_")},
-               "gap": "train - val accuracy"}
+               "gap": "train - val balanced accuracy"}
     ok = table[table["status"] == "ok"]
     long = ok.melt(id_vars=["variant"], value_vars=list(columns), var_name="metric", value_name="value")
     long["metric"] = long["metric"].map(columns)

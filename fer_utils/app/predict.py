@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="photo files (JPEG, PNG, WebP, ...)")
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--checkpoint", help="a checkpoint (.pt) made by fer_utils.train")
+    group.add_argument("--checkpoint", help="a checkpoint (.pt) made by the training engine (fer train)")
     group.add_argument("--run-dir", help="use RUN_DIR/best.pt if it exists (else the bundled model)")
     parser.add_argument("--no-detect", action="store_true",
                         help="no face detection: each image is already one cropped face")

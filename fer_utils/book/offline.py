@@ -4,7 +4,7 @@ plotly's HTML renderers ("notebook" included) put a MathJax <script> from cdnjs 
 figure: plotly 7.1 hard-codes include_mathjax="cdn" in HtmlRenderer.to_mimebundle, and no
 renderer, Sphinx, myst-nb or jupyter-book setting removes it. We use no LaTeX in figures, so the
 tag is only an off-host request that fails (or hangs) offline. strip_cdn_mathjax() removes it;
-fer_utils.sphinx_offline applies it to every book page, fer_utils.publish to the published copy.
+book.sphinx_offline applies it to every book page, book.publish to the published copy.
 
 offhost_references() lists what a page would load from another host (the publish check).
 """

@@ -216,7 +216,7 @@ def _metric_rows(run_dir: Path) -> list[str]:
 
 def _comparison_page(run_dirs: list[Path]) -> str:
     lines = ["# Runs compared", "", "Every run of this batch, with its headline metrics and the split and "
-             "protocol they were measured on. Accuracy on an imbalanced split is not comparable with accuracy "
+             "protocol they were measured on; compare runs on the report split (test). Accuracy on an imbalanced split is not comparable with accuracy "
              "on a balanced one: compare balanced accuracy and macro-F1 across datasets.", ""]
     lines += evaluate.metrics_header(run=True)
     for run_dir in run_dirs:
@@ -236,7 +236,10 @@ def _front_page(run_dir: Path) -> str:
     params = yaml.safe_load((run_dir / "params.yaml").read_text())
     changed = shown_params(params)
     metrics = _metric_rows(run_dir)
-    headline = ["## Headline results", "", *evaluate.metrics_header(run=True), *metrics, ""] if metrics else []
+    headline = ["## Headline results", "", "The headline is the **report split** (test): it made no choice. The "
+                "selection split (val) chose the epoch and the protocol, so its numbers are optimistic; the "
+                "original report split, duplicates of training images included, is there only for comparison "
+                "with published numbers.", "", *evaluate.metrics_header(run=True), *metrics, ""] if metrics else []
     lines = [(BOOK_DIR / "intro.md").read_text().rstrip(), "", *headline, "## This build", "",
              "| | |", "|---|---|",
              f"| run | `{prov['run_name']}` |",

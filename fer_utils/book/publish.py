@@ -3,7 +3,7 @@
     python -m fer_utils.book.publish [--html _build/html] [--out _build/publish]      (make publish)
 
 Copies the book (`make book` builds it) to OUT/site, removes the CDN MathJax tag plotly puts
-before each figure (fer_utils.offline; the book has no math), adds `.nojekyll` (GitHub Pages
+before each figure (book.offline; the book has no math), adds `.nojekyll` (GitHub Pages
 would otherwise hide `_static/` and `_sources/`), checks that no page or stylesheet loads
 anything from another host, and packs OUT/fer-book.tar.gz (top folder `fer-book/`). The site
 is replaced only when all of that succeeded.

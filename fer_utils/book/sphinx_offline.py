@@ -1,7 +1,7 @@
 """Sphinx extension (book/_config.yml: sphinx.extra_extensions) that keeps book pages offline and error-free.
 
 - Removes the MathJax-from-a-CDN <script> that plotly's notebook renderer puts before every
-  figure (see fer_utils.offline): the book has no math, and offline that request only fails.
+  figure (see book.offline): the book has no math, and offline that request only fails.
   Sphinx itself loads MathJax only on pages with math (there are none); a page that gains math
   would load it from a CDN, and `make publish` would then refuse to publish (offline check).
 - Drops repeated inline <script> bodies: with jupyter-book 1.0.4, Sphinx 7.4 and

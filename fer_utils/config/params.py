@@ -39,7 +39,17 @@ SCHEMA: dict[str, Param] = {
     "data_dir": Param(None, str, "dataset folder; else $FER_DATA_DIR; synthetic: generated under .cache/",
                       trains=False),  # the data fingerprint already says whether the data are the same
     "synthetic_n_train": Param(4000, int, "synthetic train images (AffectNet class shares)", low=1),
-    "synthetic_n_val": Param(800, int, "synthetic validation images (balanced)", low=1),
+    "synthetic_n_val": Param(800, int, "synthetic selection (val) images (balanced)", low=1),
+    "synthetic_n_test": Param(800, int, "synthetic report (test) images (balanced)", low=1),
+    "synthetic_label_noise": Param(0.23, float, "share of synthetic labels replaced by another class, uniformly "
+                                   "(0.23: two noisy labels of a face agree 60% of the time, as AffectNet's "
+                                   "annotators do)", low=0.0, high=1.0),
+    "selection_fraction": Param(0.1, float, "real data: the stratified, seeded share of train carved out as the "
+                                "selection (val) split; the dataset's own val becomes the report (test) split",
+                                low=0.01, high=0.4),
+    "dedup": Param(True, bool, "move val/test images whose pixels equal a train image to val_dup/test_dup"),
+    "ferplus_rule": Param("majority", ("majority", "plurality"), "FER+ labels: the paper's majority rule (single "
+                          "votes dropped, > 50% agreement) or the arg-max of the votes"),
     "synthetic_size": Param(64, int, "synthetic image side in pixels", low=16, high=1024),
     "image_size": Param(48, int, "side the model sees, in pixels (each model has its own minimum)", low=8,
                         high=1024),
@@ -80,13 +90,18 @@ SCHEMA: dict[str, Param] = {
     # -- evaluation
     "checkpoint": Param("best", str, "'best', 'last' or a path to a checkpoint", trains=False),
     "bootstrap": Param(1000, int, "bootstrap resamples for confidence intervals", trains=False, low=0),
-    "tta_flip": Param(False, bool, "evaluation: average the logits of each face and its mirror image (test-time "
-                                   "augmentation); training's per-epoch validation never uses it", trains=False),
+    "tta_flip": Param(None, bool, "evaluation: flip test-time augmentation (the logits of each face and its mirror "
+                                  "image averaged); null = decided on the selection split (val): used when it raises "
+                                  "val macro-F1; true/false force it. Training's per-epoch validation never uses it",
+                      trains=False),
     # -- ablation chapter
-    "ablation": Param("baseline,regularized,augmented,weighted_loss,weighted_sampler,resnet", str,
+    "ablation": Param("baseline,regularized,augmented,resnet,unet", str,
                       "comma-separated ablation variants (fer_utils.config.ladder.VARIANTS); empty = none",
                       trains=False),
-    "ablation_epochs": Param(None, int, "epochs per ablation variant; null = `epochs`", trains=False, low=1),
+    "ablation_epochs": Param(None, int, "epochs per ablation variant (each rung's cosine schedule ends there); "
+                             "null = `epochs`", trains=False, low=1),
+    "ablation_seeds": Param(1, int, "seeds per ablation variant (seed, seed + 1, ...); scores are their mean",
+                            trains=False, low=1),
 }
 
 DEFAULTS = {k: v.default for k, v in SCHEMA.items()}
@@ -98,6 +113,7 @@ class ParamsError(ValueError):
 
 def _check_key(key: str, where: str) -> None:
     if key not in SCHEMA:
+        key = str(key)  # YAML reads `1:` or `on:` as a number or a boolean key
         close = difflib.get_close_matches(key, SCHEMA, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise ParamsError(
@@ -114,8 +130,11 @@ def _range_text(spec: Param) -> str:
 def _check_value(key: str, value):
     spec = SCHEMA[key]
     allowed = spec.kind
-    if value is None:
-        return None
+    if value is None:  # `key:` with nothing after it; only keys whose default is null may be null
+        if spec.default is None:
+            return None
+        empty = ", or '' for empty text" if allowed is str else ""
+        raise ParamsError(f"parameter '{key}' has no value (null); give one (default: {spec.default!r}{empty})")
     if isinstance(allowed, tuple):
         if value not in allowed:
             raise ParamsError(f"parameter '{key}' = {value!r}; allowed: {', '.join(map(str, allowed))}")
@@ -167,13 +186,20 @@ def _read_yaml(path: Path) -> dict:
 
 
 def parse_override(text: str) -> tuple[str, object]:
-    """'key=value' with the value read as YAML (so 3, 0.1, true, null work)."""
+    """'key=value' with the value read as YAML (so 3, 0.1, true, null work); `key=` for a text key is the
+    empty text (e.g. `-p ablation=`: no ablation), not null."""
     key, sep, raw = text.partition("=")
     if not sep:
         raise ParamsError(f"override '{text}' must look like key=value")
     key = key.strip()
     _check_key(key, "the command line")
-    return key, yaml.safe_load(raw)
+    if not raw.strip() and SCHEMA[key].kind is str:
+        return key, ""
+    try:
+        return key, yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ParamsError(f"override '{text}': the value is not valid YAML ({problem})") from None
 
 
 def resolve(path: str | Path | None = None, overrides: dict | None = None) -> dict:
@@ -194,6 +220,9 @@ def resolve(path: str | Path | None = None, overrides: dict | None = None) -> di
         params[key] = value
     params = {k: _check_value(k, v) for k, v in params.items()}
     params["run_name"] = params["run_name"] or "default"
+    if params["run_name"] in (".", "..") or any(c in params["run_name"] for c in "/\\"):
+        raise ParamsError(f"parameter 'run_name' = {params['run_name']!r} must be a folder name (no / or \\, "
+                          "not . or ..): the run goes in runs/<run_name>/")
     _check_together(params)
     if params["data_dir"] is None and params["dataset"] != "synthetic" and os.environ.get("FER_DATA_DIR"):
         params["data_dir"] = os.environ["FER_DATA_DIR"]

@@ -19,6 +19,7 @@ MODELS: dict[str, ModelSpec] = {
     "regularized_cnn": ModelSpec("the plain CNN with batch norm, dropout and DropBlock", 8),
     "resnet": ModelSpec("a small ResNet sized for 48-224 px faces", 8),
     "resnet18": ModelSpec("torchvision's ResNet-18 (ImageNet weights if cached locally)", 8),
+    "unet": ModelSpec("a small U-Net (encoder-decoder with skip connections) with a classification head", 16),
 }
 
 # format -> the layout its reader expects (quoted in the error when data are missing)

@@ -5,6 +5,11 @@ list, and a table of what was skipped and why.
 
 Nothing is dropped silently: every row a reader leaves out lands in
 `Dataset.skipped` with its reason, and the book reports the counts.
+
+A reader's `split` is the dataset's own split name (train, val, test);
+`open_dataset` then gives every row its role (`splits.assign_roles`: train,
+val = selection, test = report, heldout), keeps the own name in `origin`,
+and moves cross-split duplicates aside (`splits.deduplicate`).
 """
 from __future__ import annotations
 
@@ -18,15 +23,19 @@ import pandas as pd
 
 from ..config.registry import DATASETS
 from ..paths import CACHE_DIR
-from . import labels, synthetic
+from . import labels, splits, synthetic
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 SPLIT_NAMES = {
     "train": "train", "training": "train", "train_set": "train",
     "val": "val", "valid": "val", "validation": "val", "val_set": "val", "publictest": "val",
     "test": "test", "test_set": "test", "privatetest": "test",
+    # the official FERPlus release's folder names
+    "fer2013train": "train", "fer2013valid": "val", "fer2013test": "test",
 }
-SPLIT_ORDER = ("train", "val", "test")
+SPLIT_ORDER = ("train", "val", "test", "heldout", "val_dup", "test_dup", "heldout_dup")
+
+
 class DataError(ValueError):
     pass
 
@@ -36,11 +45,15 @@ class Dataset:
     format: str
     root: Path
     classes: tuple[str, ...]
-    frame: pd.DataFrame            # location, label, emotion, split, [valence, arousal, landmarks, face_*]
+    # location, label, emotion, split, [origin, valence, arousal, landmarks, face_*, clean_emotion,
+    # clean_label, votes_<emotion>]
+    frame: pd.DataFrame
     skipped: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["location", "split", "reason"]))
     pixels: np.ndarray | None = None  # fer2013_csv keeps decoded rows here; location is "row:<i>"
     notes: list[str] = field(default_factory=list)  # things the book should state (e.g. empty classes)
     fingerprint: str = ""
+    split_roles: dict[str, str] = field(default_factory=dict)  # split -> one line: its role and source
+    duplicates: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=splits.DUPLICATE_COLUMNS))
 
     @property
     def splits(self) -> list[str]:
@@ -73,6 +86,12 @@ def _missing(root: Path, fmt: str, what: str) -> DataError:
     return DataError(f"{what} in data folder '{root}'. Expected layout for dataset '{fmt}': {DATASETS[fmt]}")
 
 
+def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows in SPLIT_ORDER, then by location: one order for the same data, whatever the reading order."""
+    return frame.sort_values(["split", "location"], key=lambda s: s.map(SPLIT_ORDER.index) if s.name == "split"
+                             else s, kind="stable").reset_index(drop=True)
+
+
 def _finish(fmt: str, root: Path, rows: list[dict], skipped: list[dict], **kw) -> Dataset:
     frame = pd.DataFrame(rows)
     if frame.empty:
@@ -80,8 +99,10 @@ def _finish(fmt: str, root: Path, rows: list[dict], skipped: list[dict], **kw) -
     frame = frame[frame["emotion"].notna()]
     classes = labels.class_list(frame["emotion"])
     frame["label"] = frame["emotion"].map({c: i for i, c in enumerate(classes)}).astype("int64")
-    frame = frame.sort_values(["split", "location"], key=lambda s: s.map(SPLIT_ORDER.index)
-                              if s.name == "split" else s, kind="stable").reset_index(drop=True)
+    if "clean_emotion" in frame:  # -1: a clean class that no (noisy) label uses, so the model has no output for it
+        index = {c: i for i, c in enumerate(classes)}
+        frame["clean_label"] = frame["clean_emotion"].map(index).fillna(-1).astype("int64")
+    frame = _sorted(frame)
     skipped_df = pd.DataFrame(skipped, columns=["location", "split", "reason"])
     ds = Dataset(fmt, root, classes, frame, skipped_df, **kw)
     for split in ds.splits:
@@ -115,7 +136,11 @@ def _landmarks(text) -> np.ndarray | None:
 
 
 def _npy_scalar(path: Path):
-    return np.load(path, allow_pickle=False).item()
+    """The value of a 0-d .npy annotation; OSError or ValueError, naming the file, when it cannot be read."""
+    try:
+        return np.load(path, allow_pickle=False).item()
+    except (EOFError, ValueError) as err:  # EOFError: an empty file
+        raise ValueError(f"{path.name}: {err}") from err
 
 
 def read_affectnet_mini(root: Path, fmt: str = "affectnet_mini") -> Dataset:
@@ -136,19 +161,22 @@ def read_affectnet_mini(root: Path, fmt: str = "affectnet_mini") -> Dataset:
             if not exp.is_file():
                 skipped.append(dict(location=location, split=split, reason="no annotation"))
                 continue
-            try:
+            try:  # any annotation file of the image unreadable: the image is skipped, with the reason
                 emotion = _non_emotion(_npy_scalar(exp), location, split, skipped)
+                if emotion is None:
+                    continue
+                row = dict(location=location, emotion=emotion, split=split)
+                clean = ann / f"{image.stem}_exp_clean.npy"  # the synthetic data's label before label noise
+                if clean.is_file():
+                    row["clean_emotion"] = labels.affectnet_name(int(_npy_scalar(clean)))
+                for key, suffix in (("valence", "val"), ("arousal", "aro")):
+                    f = ann / f"{image.stem}_{suffix}.npy"
+                    row[key] = float(_npy_scalar(f)) if f.is_file() else np.nan
+                f = ann / f"{image.stem}_lnd.npy"
+                row["landmarks"] = _landmarks(_npy_scalar(f)) if f.is_file() else None
             except (OSError, ValueError) as err:
                 skipped.append(dict(location=location, split=split, reason=f"unreadable annotation: {err}"))
                 continue
-            if emotion is None:
-                continue
-            row = dict(location=location, emotion=emotion, split=split)
-            for key, suffix in (("valence", "val"), ("arousal", "aro")):
-                f = ann / f"{image.stem}_{suffix}.npy"
-                row[key] = float(_npy_scalar(f)) if f.is_file() else np.nan
-            f = ann / f"{image.stem}_lnd.npy"
-            row["landmarks"] = _landmarks(_npy_scalar(f)) if f.is_file() else None
             rows.append(row)
     return _finish(fmt, root, rows, skipped)
 
@@ -258,13 +286,15 @@ def read_folders(root: Path, fmt: str = "folders") -> Dataset:
     return ds
 
 
-FERPLUS_COLUMNS = {"neutral": "neutral", "happiness": "happy", "surprise": "surprise", "sadness": "sad",
-                   "anger": "anger", "disgust": "disgust", "fear": "fear", "contempt": "contempt"}
-FERPLUS_NON_EMOTIONS = ("unknown", "NF")
+def read_ferplus(root: Path, rule: str = "majority") -> Dataset:
+    """FER+ labels from the crowd votes under `rule` (`labels.ferplus_winner`: "majority" is the FER+ paper's
+    rule, "plurality" the arg-max); every face the rule drops is in `skipped` with the reason.
 
-
-def read_ferplus(root: Path) -> Dataset:
-    """FER+ majority labels: arg-max of the 10 vote columns; ties and unknown/not-a-face winners dropped."""
+    The vote distribution is kept for soft-label training: columns `votes_<emotion>`, one per emotion vote
+    column, are that face's raw emotion votes normalised to sum 1 (unknown and not-a-face votes left out).
+    A path's first folder names its split (SPLIT_NAMES, incl. FERPlus's FER2013Train/Valid/Test); any other
+    first folder is an error, never a guess: a test face taken for a train face would be trained on.
+    """
     fmt = "ferplus"
     csv = root / "ferplus_votes.csv" if root.is_dir() else root
     if not csv.is_file():
@@ -282,58 +312,65 @@ def read_ferplus(root: Path) -> Dataset:
     others = [by_name[k] for k in ("unknown", "nf", "not_face", "notface", "no-face") if k in by_name]
     if "path" not in table.columns or not emotions:
         raise DataError(f"{csv} must have a 'path' column and emotion vote columns; found {list(table.columns)}")
+    paths = table["path"].astype(str)
+    folders = paths.map(lambda p: Path(p).parts[0] if len(Path(p).parts) > 1 else "")
+    unknown = sorted(set(folders) - {f for f in folders if f.lower() in SPLIT_NAMES})
+    if unknown:
+        raise DataError(f"{csv}: paths must start with a split folder ({', '.join(sorted(SPLIT_NAMES))}); "
+                        f"found {', '.join(repr(f) for f in unknown)} (e.g. {paths[folders == unknown[0]].iloc[0]!r})")
     vote_cols = [by_name[e] for e in emotions] + others
     votes = table[vote_cols].to_numpy(dtype=np.float64)
-    winners = votes.max(axis=1)
-    ties = (votes == winners[:, None]).sum(axis=1) > 1
-    top = votes.argmax(axis=1)
+    emotion_votes = votes[:, :len(emotions)]
     rows, skipped = [], []
     base = csv.parent
-    for i, location in enumerate(table["path"].astype(str)):
-        split = SPLIT_NAMES.get(Path(location).parts[0].lower(), "train")
-        if winners[i] <= 0:
-            reason = "no votes"
-        elif ties[i]:
-            reason = "tied vote"
-        elif top[i] >= len(emotions):
-            reason = f"majority vote is not an emotion: {vote_cols[top[i]]}"
-        elif not (base / location).is_file():
+    for i, location in enumerate(paths):
+        split = SPLIT_NAMES[folders[i].lower()]
+        top, reason = labels.ferplus_winner(votes[i], vote_cols, len(emotions), rule)
+        if reason is None and not (base / location).is_file():
             reason = "file not found"
-        else:
-            rows.append(dict(location=location, emotion=emotions[top[i]], split=split))
+        if reason is not None:
+            skipped.append(dict(location=location, split=split, reason=reason))
             continue
-        skipped.append(dict(location=location, split=split, reason=reason))
+        share = emotion_votes[i] / emotion_votes[i].sum()  # > 0: the winner is an emotion with votes
+        rows.append(dict(location=location, emotion=emotions[top], split=split,
+                         **{f"votes_{e}": float(v) for e, v in zip(emotions, share)}))
     return _finish(fmt, base, rows, skipped)
 
 
 def fingerprint(ds: Dataset) -> str:
-    """sha256 of what defines the data: each image's location, size in bytes, label and split.
+    """sha256 of what defines the data: each image's location, size in bytes, label, role and original split.
 
-    Sizes rather than contents keep this fast on 300k files; a CSV dataset hashes the CSV itself.
+    The role (split) is in it, so a new selection carve-out or deduplication is new data to a cache or a
+    checkpoint. Sizes rather than contents keep this fast on 300k files; a CSV dataset hashes its pixels.
     """
     h = hashlib.sha256(ds.format.encode())
     h.update("\0".join(ds.classes).encode())
     if ds.pixels is not None:
         h.update(ds.pixels.tobytes())
-    cols = ds.frame[["location", "emotion", "split"]].itertuples(index=False)
-    for location, emotion, split in cols:
+    origin = ds.frame["origin"] if "origin" in ds.frame else ds.frame["split"]
+    for location, emotion, split, own in zip(ds.frame["location"], ds.frame["emotion"], ds.frame["split"], origin):
         size = os.path.getsize(ds.path(location)) if ds.pixels is None else 0
-        h.update(f"{location}\t{size}\t{emotion}\t{split}\n".encode())
+        h.update(f"{location}\t{size}\t{emotion}\t{split}\t{own}\n".encode())
     return h.hexdigest()[:16]
 
 
 def synthetic_dir(params: dict) -> Path:
     return CACHE_DIR / (f"synthetic-n{params['synthetic_n_train']}-v{params['synthetic_n_val']}"
-                        f"-s{params['synthetic_size']}-seed{params['seed']}")
+                        f"-t{params['synthetic_n_test']}-s{params['synthetic_size']}"
+                        f"-noise{params['synthetic_label_noise']:g}-seed{params['seed']}")
 
 
 def open_dataset(params: dict) -> Dataset:
-    """The dataset that a resolved params dict names (generating the synthetic one if needed)."""
+    """The dataset that a resolved params dict names (generating the synthetic one if needed), with every row
+    in its role (`splits.assign_roles`: train, val = selection, test = report, heldout), cross-split
+    duplicates moved to <split>_dup when params["dedup"] (`splits.deduplicate`), `split_roles` described and
+    the fingerprint taken last, over all of it."""
     fmt = params["dataset"]
     if fmt == "synthetic":
         root = Path(params["data_dir"]) if params["data_dir"] else synthetic_dir(params)
         synthetic.generate(root, n_train=params["synthetic_n_train"], n_val=params["synthetic_n_val"],
-                           size=params["synthetic_size"], seed=params["seed"])
+                           size=params["synthetic_size"], seed=params["seed"], n_test=params["synthetic_n_test"],
+                           label_noise=params["synthetic_label_noise"])
         ds = read_affectnet_mini(root, fmt="synthetic")
     else:
         if not params["data_dir"]:
@@ -342,10 +379,18 @@ def open_dataset(params: dict) -> Dataset:
         root = Path(params["data_dir"]).expanduser()
         if not root.exists():
             raise _missing(root, fmt, "the data folder does not exist")
-        ds = globals()[f"read_{fmt}"](root)  # every config.registry.DATASETS format but synthetic has one
+        reader = globals()[f"read_{fmt}"]  # every config.registry.DATASETS format but synthetic has one
+        ds = reader(root, rule=params["ferplus_rule"]) if fmt == "ferplus" else reader(root)
+    ds.frame = splits.assign_roles(ds.frame, params["selection_fraction"], params["seed"],
+                                   own_selection=fmt == "synthetic")
+    if params["dedup"]:
+        splits.deduplicate(ds)
     if params.get("max_per_split"):
         shuffled = ds.frame.sample(frac=1.0, random_state=params["seed"])
         keep = shuffled.groupby("split").cumcount() < params["max_per_split"]
-        ds.frame = ds.frame.loc[sorted(shuffled.index[keep])].reset_index(drop=True)
+        ds.frame = ds.frame.loc[sorted(shuffled.index[keep])]
+        ds.duplicates = ds.duplicates[ds.duplicates["location"].isin(ds.frame["location"])].reset_index(drop=True)
+    ds.frame = _sorted(ds.frame)
+    ds.split_roles = splits.describe_roles(ds, params["selection_fraction"])
     ds.fingerprint = fingerprint(ds)
     return ds

@@ -16,12 +16,22 @@ the 8 AffectNet expression ids: 0 neutral, 1 happy, 2 sad, 3 surprise, 4 fear, 5
 * Nuisances: face shape, skin tone, hair, glasses, pose (in-plane rotation; yaw faked by
   wrapping features round a cylinder), scale, position, background clutter, lighting gradient,
   blur, noise, occasional partial occlusion (hand-like blob or object), some grayscale.
-* Output is the AffectNet "mini" layout (train_set/ and val_set/ with images/<id>.jpg and
-  annotations/<id>_{exp,val,aro,lnd}.npy as 0-d string arrays) so the real AffectNet reader
-  reads it. Train follows AffectNet's class shares, val is balanced.
-* Calibrated so a small CNN does not saturate: a 4-conv-layer net with batch norm (width
-  24-48-48-96), 20 epochs (~2.5 CPU minutes, 2 threads) on 4000 train / 800 val at 48 px,
-  reaches ~75% balanced val accuracy; contempt (vs neutral/happy) is the hardest class.
+* Valence and arousal are not a function of the class: each face's point is drawn around its
+  position on the circumplex, between neutral's point (intensity 0) and the class's (intensity
+  1), with a spread of its own (VA_SPREAD), so two faces of one class and intensity differ and
+  a weak happy face can have negative valence.
+* Label noise, as in real annotation: AffectNet's annotators agree on about 60% of faces. With
+  probability `label_noise` a face's label is replaced by one of the 7 other classes, uniformly.
+  Two independent noisy labels of a face then agree with probability p^2 + (1-p)^2/7
+  (p = 1 - label_noise); the default LABEL_NOISE = 0.23 gives 0.6005. Every split is noisy
+  (val and test labels are annotations too); the label drawn (the clean one) is kept beside it.
+* Output is the AffectNet "mini" layout (train_set/, val_set/ and test_set/ with
+  images/<id>.jpg and annotations/<id>_{exp,val,aro,lnd}.npy as 0-d string arrays) so the real
+  AffectNet reader reads it; <id>_exp_clean.npy holds the label before noise. Train follows
+  AffectNet's class shares; val (the selection split) and test (the report split) are balanced
+  in their clean labels.
+* Calibrated so a small CNN does not saturate; contempt (vs neutral/happy) is the hardest class.
+  The accuracy it reaches is measured by the book's training chapter, not stated here.
 * Deterministic: image i of split s is drawn from PCG64 seeded by (seed, s, i) alone, so the
   bytes depend only on (seed, params), never on order or process; writes are atomic (temp
   sibling folder, then rename).
@@ -35,13 +45,14 @@ import os
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
 
-# Same order as fer_utils.labels.EMOTIONS (kept local: this module stands alone).
+# Same order as data.labels.EMOTIONS (kept local: this module stands alone).
 EMOTION_NAMES = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
 
 # AffectNet (manually annotated training set) class shares as published (in percent). They
@@ -52,9 +63,12 @@ AFFECTNET_SHARES: dict[int, float] = {
 _SHARES_PERMILLE = {k: round(v * 1000) for k, v in AFFECTNET_SHARES.items()}  # exact integers
 
 GENERATOR = "fer_utils.data.synthetic"
-GENERATOR_VERSION = 1  # bump whenever the drawing changes, so cached datasets are regenerated
+GENERATOR_VERSION = 2  # bump whenever the output changes, so cached datasets are regenerated
+# 2: valence/arousal drawn around the circumplex (VA_SPREAD), label noise, test_set/
 JPEG_QUALITY = 90
-SPLITS = (("train_set", 0), ("val_set", 1))  # folder name, code mixed into the seed
+SPLITS = (("train_set", 0), ("val_set", 1), ("test_set", 2))  # folder name, code mixed into the seed
+LABEL_NOISE = 0.23  # two noisy labels of a face agree 0.77^2 + 0.23^2/7 = 60.05% of the time
+VA_SPREAD = (0.15, 0.15)  # per-face standard deviation of valence, arousal around the class's point
 META_FILE = "synthetic.json"
 
 # Per-image intensity of non-neutral expressions: Beta(a, b), so a tail of images are so
@@ -208,13 +222,11 @@ def _expression(label: int, k: float, rng: np.random.Generator) -> dict[str, flo
 
 
 def _valence_arousal(label: int, k: float, rng: np.random.Generator) -> tuple[float, float]:
-    v0, a0 = _VA[label]
-    if label == 0:
-        v, a = rng.normal(0.0, 0.08), rng.normal(a0, 0.08)
-    else:
-        # noise is scaled by intensity so the sign of the valence always follows the class
-        v = k * (v0 * rng.uniform(0.75, 1.2) + rng.normal(0.0, 0.05))
-        a = k * (a0 * rng.uniform(0.75, 1.2) + rng.normal(0.0, 0.05))
+    """A face's own valence and arousal: a draw with spread VA_SPREAD around the point between neutral's
+    (intensity 0) and its class's circumplex position (intensity 1). The class and the intensity set the
+    mean only, so valence and arousal carry information the class label does not."""
+    centre = _mix(_VA[0], _VA[label], k)
+    v, a = centre + rng.normal(0.0, 1.0, 2) * VA_SPREAD
     return float(np.clip(v, -1.0, 1.0)), float(np.clip(a, -1.0, 1.0))
 
 
@@ -228,65 +240,134 @@ def render_face(label: int, rng: np.random.Generator, size: int,
     valence, arousal (floats in [-1, 1]), landmarks ((68, 2) float64, iBUG order, pixel
     coordinates of the returned image) and intensity (0.0 for neutral; drawn from
     Beta(INTENSITY_BETA) when None).
+
+    The steps below draw from `rng` in a fixed order, back to front: that order is part of
+    the output (the same seed gives the same bytes), so reordering them, or the draws within
+    one, is a new GENERATOR_VERSION.
     """
     label = _check_int("label", label, 0, 7)
     size = _check_int("size", size, 16, 4096)
-    if label == 0:
-        k = 0.0
-    elif intensity is None:
-        k = float(rng.beta(*INTENSITY_BETA))
-    else:
-        k = float(intensity)
-        if not 0.0 <= k <= 1.0:
-            raise ValueError(f"intensity must be in [0, 1], got {intensity!r}")
-
-    NZ = NUISANCE
+    k = _intensity(label, intensity, rng)
     ss = 2 if size <= 256 else 1  # draw at 2x and area-downsample: smooth edges, cheap
-    S = size * ss
-    img = np.empty((S, S, 3), np.uint8)
+    img = _background(rng, size * ss)
+    F, taper = _place_face(rng, size * ss, ss)
+    person = _person(label, k, rng)
+    jaw = _draw_head(img, F, person, taper, rng)
+    eye_lm, (ex, ey, ew) = _draw_eyes(img, F, person, rng)
+    brow_lm, by = _draw_brows(img, F, person, rng, ex, ey, ew)
+    nose_lm, base_y, nw = _draw_nose(img, F, person, rng, ey)
+    _draw_wrinkles(img, F, person, ey, by)
+    mouth_lm, my = _draw_mouth(img, F, person, rng, base_y, nw)
+    _draw_glasses(img, F, rng, ex, ey, ew)
+    _draw_occlusion(img, F, rng, ex, ey, my)
+    image = _photometry(img, rng, size, ss)
 
-    # --- background: vertical gradient between two colours, optional clutter
+    lm_hi = np.concatenate([jaw, brow_lm[0], brow_lm[1], nose_lm, eye_lm[0], eye_lm[1], mouth_lm])
+    # hi-res -> output pixels; the framing keeps them inside, the clip is only a safety net
+    landmarks = np.clip((lm_hi + 0.5) / ss - 0.5, 0.0, size - 1.0)
+    valence, arousal = _valence_arousal(label, k, rng)
+    return image, dict(valence=valence, arousal=arousal, landmarks=landmarks, intensity=k)
+
+
+def _intensity(label: int, intensity: float | None, rng: np.random.Generator) -> float:
+    """The expression intensity k: 0 for neutral, else the caller's or a Beta draw."""
+    if label == 0:
+        return 0.0
+    if intensity is None:
+        return float(rng.beta(*INTENSITY_BETA))
+    k = float(intensity)
+    if not 0.0 <= k <= 1.0:
+        raise ValueError(f"intensity must be in [0, 1], got {intensity!r}")
+    return k
+
+
+def _background(rng: np.random.Generator, S: int) -> np.ndarray:
+    """A new S x S image: a vertical two-colour gradient, sometimes with rectangles (clutter)
+    so that a net cannot find the face by looking for the only structure in the image."""
+    img = np.empty((S, S, 3), np.uint8)
     c1, c2 = rng.uniform(20, 235, 3), rng.uniform(20, 235, 3)
     ramp = np.linspace(0.0, 1.0, S)[:, None, None]
     img[:] = np.round(c1 * (1 - ramp) + c2 * ramp).astype(np.uint8)
-    for _ in range(int(rng.integers(1, 3)) if rng.random() < NZ["clutter"] else 0):
+    for _ in range(int(rng.integers(1, 3)) if rng.random() < NUISANCE["clutter"] else 0):
         x0, y0 = rng.uniform(-0.2, 1.0, 2) * S
         w, h = rng.uniform(0.1, 0.6, 2) * S
         _fill(img, np.array([[x0, y0], [x0 + w, y0], [x0 + w, y0 + h], [x0, y0 + h]]),
               rng.uniform(20, 235, 3))
+    return img
 
-    # --- person: face shape, placement, pose, colours
+
+def _place_face(rng: np.random.Generator, S: int, ss: int) -> tuple[_Frame, float]:
+    """Face shape and pose: the frame mapping face units to pixels, and the jaw taper.
+
+    The frame's radius is the face half-width (face units) and its scale the face
+    half-height (pixels). Framed like an AffectNet crop: the landmark box, brows (raised:
+    up to v = -0.7) to chin (v = 1), fills most of the image; it is centred on v = 0.15,
+    half-height 0.85, and stays 2 hi-res pixels inside the border at any rotation.
+    """
     a = rng.uniform(0.72, 0.86)                        # half-width / half-height
     taper = rng.uniform(0.05, 0.3)                     # jaw narrowing towards the chin
-    angle = math.radians(rng.uniform(-1, 1) * NZ["rotation_deg"])
-    yaw = rng.uniform(-1, 1) * NZ["yaw"]
-    # Framed like a face crop (AffectNet): the landmark box, brows (raised: up to v = -0.7)
-    # to chin (v = 1), fills most of the image; it is centred on v = 0.15, half-height 0.85.
+    angle = math.radians(rng.uniform(-1, 1) * NUISANCE["rotation_deg"])
+    yaw = rng.uniform(-1, 1) * NUISANCE["yaw"]
     ca, sa = abs(math.cos(angle)), abs(math.sin(angle))
     ext_x, ext_y = ca * a + sa * 0.85, sa * a + ca * 0.85  # rotated half-extent, face units
-    half_h = rng.uniform(NZ["face_min"], NZ["face_max"]) * S  # face half-height in pixels
+    half_h = rng.uniform(NUISANCE["face_min"], NUISANCE["face_max"]) * S  # face half-height in pixels
     half_h = min(half_h, (0.5 * S - 2 * ss) / max(ext_x, ext_y))
     rx, ry = (max(0.0, 0.5 * S - 2 * ss - e * half_h) for e in (ext_x, ext_y))
     bx, by_ = 0.5 * S + rng.uniform(-rx, rx), 0.5 * S + rng.uniform(-ry, ry)
     # face centre = box centre minus the rotated (0, 0.15) offset
     cx = bx + math.sin(angle) * 0.15 * half_h
     cy = by_ - math.cos(angle) * 0.15 * half_h
-    F = _Frame(cx, cy, half_h, angle, yaw, a)
-    px = half_h  # pixels per face unit (for stroke widths)
+    return _Frame(cx, cy, half_h, angle, yaw, a), taper
 
+
+@dataclass(frozen=True)
+class _Person:
+    """Colours, expression and resting face of the person drawn (shared by all the parts)."""
+
+    skin: np.ndarray
+    hair: np.ndarray
+    lip_col: np.ndarray
+    line_col: np.ndarray   # creases and lid lines: darker skin
+    expr: dict[str, float]  # _expression's parameter deltas, scaled by the intensity
+    rest_curve: float       # resting smile (> 0) or frown of the mouth corners
+    asym: float             # left/right difference of the corners
+    rest_brow_h: float
+    rest_brow_in: float
+    eye_open: float         # resting eye opening, relative
+
+
+def _person(label: int, k: float, rng: np.random.Generator) -> _Person:
+    """Draw a person showing expression `label` at intensity k.
+
+    The resting face (mouth corners, brows, eye opening) is not an expression: it varies
+    between people so that weak expressions stay ambiguous with neutral.
+    """
     skin = _skin_tone(rng)
     hair = _HAIR[rng.integers(len(_HAIR))] * rng.uniform(0.8, 1.15)
     lip_col = _mix(skin, (150, 50, 60), rng.uniform(0.4, 0.65))
-    line_col = skin * 0.55
     expr = _expression(label, k, rng)
-
-    # resting face of this person (not an expression): keeps weak expressions ambiguous
     rest_curve = rng.normal(0.0, 0.014)
     asym = rng.normal(0.0, 0.007)
     rest_brow_h, rest_brow_in = rng.normal(0.0, 0.018), rng.normal(0.0, 0.018)
     eye_open = rng.uniform(0.8, 1.2)
+    return _Person(skin, hair, lip_col, skin * 0.55, expr, rest_curve, asym, rest_brow_h,
+                   rest_brow_in, eye_open)
 
-    # --- clothes and neck (behind the head)
+
+def _skin_tone(rng: np.random.Generator) -> np.ndarray:
+    """A skin colour between two neighbouring tones of _SKIN, with a slight per-channel cast."""
+    t = rng.uniform(0, len(_SKIN) - 1)
+    i = min(int(t), len(_SKIN) - 2)
+    return _mix(_SKIN[i], _SKIN[i + 1], t - i) * rng.uniform(0.92, 1.05, 3)
+
+
+def _draw_head(img, F: _Frame, p: _Person, taper: float, rng: np.random.Generator) -> np.ndarray:
+    """Clothes, neck, hair, ears and the face outline; returns the jaw landmarks (0-16).
+
+    Drawn unwarped (no fake yaw): they are the head's silhouette, and the jaw landmarks lie
+    on the outline that is filled, so the annotation matches the drawing.
+    """
+    a, skin, hair = F.radius, p.skin, p.hair
     cloth = rng.uniform(20, 230, 3)
     _fill(img, F(_ellipse(0.0, 2.15, 1.9 * a + 0.4, 0.9, 40), warp=False), cloth)
     neck = np.array([[-0.42 * a, 0.55], [0.42 * a, 0.55], [0.48 * a, 1.6], [-0.48 * a, 1.6]])
@@ -299,11 +380,9 @@ def render_face(label: int, rng: np.random.Generator, size: int,
                                [[1.15 * a, rng.uniform(0.5, 1.2)], [-1.15 * a, rng.uniform(0.5, 1.2)]]])
         _fill(img, F(back, warp=False), hair)
 
-    # ears
-    for side in (-1, 1):
+    for side in (-1, 1):  # ears
         _fill(img, F(_ellipse(side * (a - 0.02), 0.0, 0.1, 0.17, 20), warp=False), skin * 0.9)
 
-    # --- face outline (jaw landmarks 0-16 lie on it)
     def outline(t):
         x, y = np.cos(t), np.sin(t)
         return np.stack([a * x * (1.0 - taper * np.clip(y, 0, None) ** 2), y], axis=1)
@@ -322,12 +401,23 @@ def render_face(label: int, rng: np.random.Generator, size: int,
              [part * a, hl + 0.06], [-0.35 * a, hl - 0.02 * part], [-0.75 * a, hl + 0.12],
              [-0.93 * a, -0.12]]])
         _fill(img, F(cap, warp=False), hair)
+    return jaw
 
-    # --- eyes (landmarks 36-47)
+
+def _draw_eyes(img, F: _Frame, p: _Person, rng: np.random.Generator
+               ) -> tuple[list[np.ndarray], tuple[float, float, float]]:
+    """Both eyes; returns their landmarks (36-41, 42-47) and the eye geometry (ex, ey, ew):
+    centre x offset, height and half-width, which place the brows, nose, glasses and
+    occluders.
+
+    The lid openings carry the expression (eye_up, eye_lo: wide in surprise and fear,
+    narrowed in happy, disgust and anger); skin bands over the iris hide it outside the lids.
+    """
+    skin, line_col, expr, px = p.skin, p.line_col, p.expr, F.scale
     ey = rng.uniform(-0.16, -0.08)
     ex = rng.uniform(0.28, 0.34)
     ew = rng.uniform(0.11, 0.14)
-    up0, lo0 = 0.062 * ew / 0.125 * eye_open, 0.042 * ew / 0.125 * eye_open
+    up0, lo0 = 0.062 * ew / 0.125 * p.eye_open, 0.042 * ew / 0.125 * p.eye_open
     h_up = up0 * max(0.15, 1.0 + expr["eye_up"])
     h_lo = lo0 * max(0.15, 1.0 + expr["eye_lo"])
     tilt = rng.normal(0.0, 0.012)  # outer corners higher/lower
@@ -335,6 +425,10 @@ def render_face(label: int, rng: np.random.Generator, size: int,
     iris_col = np.array([[60, 40, 25], [95, 65, 40], [70, 100, 140], [90, 110, 80]])[rng.integers(4)]
     gaze = rng.normal(0.0, 0.25, 2) * np.array([ew * 0.5, 0.01])
     s = np.linspace(-1.0, 1.0, 21)
+
+    def at(sv, curve):
+        return np.interp(sv, s, curve[:, 0]), np.interp(sv, s, curve[:, 1])
+
     eye_lm = []
     for side in (-1, 1):  # -1: image-left eye (subject's right, iBUG 36-41)
         xs = side * ex + ew * s
@@ -352,23 +446,30 @@ def render_face(label: int, rng: np.random.Generator, size: int,
         _stroke(img, F(lower), _mix(skin, line_col, 0.6), 0.01 * px)
         crease = upper - [0, 0.035]
         _stroke(img, F(crease[3:-3]), _mix(skin, line_col, 0.35), 0.008 * px)
-        def at(sv, curve):
-            return np.interp(sv, s, curve[:, 0]), np.interp(sv, s, curve[:, 1])
         # iBUG order, both eyes left to right: corner, upper, upper, corner, lower, lower
         pts = [at(-1, upper), at(-1 / 3, upper), at(1 / 3, upper), at(1, upper),
                at(1 / 3, lower), at(-1 / 3, lower)]
         eye_lm.append(F(np.array(pts)))
+    return eye_lm, (ex, ey, ew)
 
-    # --- brows (17-26)
+
+def _draw_brows(img, F: _Frame, p: _Person, rng: np.random.Generator, ex: float, ey: float,
+                ew: float) -> tuple[list[np.ndarray], float]:
+    """Both brows above the eyes; returns their landmarks (17-21, 22-26) and the brow height by.
+
+    Height, inner-end lift and squeeze carry the expression (raised in surprise and fear,
+    inner ends up in sad, lowered and drawn together in anger), on top of the resting brows.
+    """
+    expr = p.expr
     by = ey - rng.uniform(0.15, 0.2)
     bthick = rng.uniform(0.04, 0.065)
     arch = rng.uniform(0.01, 0.04)
-    bh = expr["brow_h"] + rest_brow_h
-    bi = expr["brow_in"] + rest_brow_in
+    bh = expr["brow_h"] + p.rest_brow_h
+    bi = expr["brow_in"] + p.rest_brow_in
     x_in, x_out = rng.uniform(0.08, 0.13) - expr["brow_sq"], ex + ew * rng.uniform(1.0, 1.3)
     sb = np.linspace(0.0, 1.0, 13)  # 0: inner end, 1: outer end
     brow_lm = []
-    brow_col = _mix(hair, skin * 0.4, 0.3)
+    brow_col = _mix(p.hair, p.skin * 0.4, 0.3)
     for side in (-1, 1):
         xs = side * (x_in + (x_out - x_in) * sb)
         yc = by - bh - bi * (1 - sb) - arch * np.sin(math.pi * np.clip(sb * 1.1, 0, 1)) + 0.02 * sb ** 2
@@ -378,15 +479,25 @@ def render_face(label: int, rng: np.random.Generator, size: int,
         idx = [0, 3, 6, 9, 12]
         pts = np.stack([xs[idx], yc[idx] - th[idx] / 2], 1)
         brow_lm.append(F(pts[::-1] if side == -1 else pts))  # iBUG: left-to-right in the image
+    return brow_lm, by
 
-    # --- nose (27-35)
+
+def _draw_nose(img, F: _Frame, p: _Person, rng: np.random.Generator, ey: float
+               ) -> tuple[np.ndarray, float, float]:
+    """The nose from between the eyes to the tip; returns its landmarks (27-35), the height
+    of its base (base_y) and its half-width nw, which place the mouth and smile folds.
+
+    Its points have depth, so fake yaw moves them more than the face outline; the side
+    turned away is shaded.
+    """
+    skin, px = p.skin, F.scale
     nose_tip = rng.uniform(0.2, 0.28)
     nw = rng.uniform(0.08, 0.12)
-    shade = _mix(skin, line_col, 0.55)
+    shade = _mix(skin, p.line_col, 0.55)
     bridge = np.stack([np.zeros(4), np.linspace(ey, nose_tip, 4)], 1)
     flat = F(bridge, depth=0.0)  # the bridge sticks out more towards the tip
     bridge_px = flat + (F(bridge, depth=0.2) - flat) * np.linspace(0.3, 1, 4)[:, None]
-    side_sh = 1 if yaw < 0 else -1  # shade the side turned away
+    side_sh = 1 if F.yaw < 0 else -1  # shade the side turned away
     nose_side = np.stack([side_sh * np.linspace(0.05, nw * 0.85, 8), np.linspace(ey + 0.05, nose_tip, 8)], 1)
     _stroke(img, F(nose_side, depth=0.12), shade, 0.012 * px)
     base_y = nose_tip + 0.05
@@ -399,8 +510,14 @@ def render_face(label: int, rng: np.random.Generator, size: int,
         _fill(img, F(_ellipse(side * nw * 0.42, base_y - 0.005, nw * 0.22, 0.014, 12), depth=0.18),
               skin * 0.35)
     _stroke(img, F(base[1:4], depth=0.2), shade, 0.01 * px)
-    nose_lm = np.concatenate([bridge_px, F(base, depth=0.18)])
-    # disgust: horizontal wrinkles on the bridge; anger: vertical lines between the brows
+    return np.concatenate([bridge_px, F(base, depth=0.18)]), base_y, nw
+
+
+def _draw_wrinkles(img, F: _Frame, p: _Person, ey: float, by: float) -> None:
+    """Expression lines that tell classes apart beyond the mouth: horizontal wrinkles on the
+    nose bridge (disgust) and vertical lines between the brows (anger), darker with intensity.
+    """
+    skin, line_col, expr, px = p.skin, p.line_col, p.expr, F.scale
     if expr["wrinkle"] > 0:
         wcol = _mix(skin, line_col * 0.8, min(1.0, expr["wrinkle"]))
         for j in range(3):
@@ -413,15 +530,25 @@ def render_face(label: int, rng: np.random.Generator, size: int,
             gl = np.array([[side * 0.035, by - 0.02], [side * 0.025, by + 0.07]])
             _stroke(img, F(gl, depth=0.05), gcol, 0.012 * px)
 
-    # --- mouth (48-67)
+
+def _draw_mouth(img, F: _Frame, p: _Person, rng: np.random.Generator, base_y: float, nw: float
+                ) -> tuple[np.ndarray, float]:
+    """Smile folds, lips, mouth opening and teeth; returns the landmarks (48-67) and the mouth
+    height my.
+
+    The mouth carries most of the expression: corner lift per side (contempt is one-sided),
+    width, opening (round in surprise), raised upper lip (disgust), pressed lips (anger), plus
+    the person's resting corners. Folds run from the nose wings past the mouth corners.
+    """
+    skin, line_col, lip_col, expr, px = p.skin, p.line_col, p.lip_col, p.expr, F.scale
     my = base_y + rng.uniform(0.2, 0.27)
     mw0 = rng.uniform(0.21, 0.26)
     mwl = mw0 * (1 + expr["width"] + expr["width_l"])
     mwr = mw0 * (1 + expr["width"] + expr["width_r"])
     t_up, t_lo = rng.uniform(0.025, 0.045), rng.uniform(0.035, 0.06)
     press = 1.0 - 0.6 * min(1.0, expr["press"])
-    lift_l = expr["curve_l"] + rest_curve - asym
-    lift_r = expr["curve_r"] + rest_curve + asym
+    lift_l = expr["curve_l"] + p.rest_curve - p.asym
+    lift_r = expr["curve_r"] + p.rest_curve + p.asym
     gap_max = expr["open"]
     pw = 1.0 - 0.55 * expr["o_shape"]
     sm = np.linspace(-1.0, 1.0, 41)
@@ -468,12 +595,16 @@ def render_face(label: int, rng: np.random.Generator, size: int,
                  mpt(-0.25, lo_out), mpt(-0.6, lo_out),
                  mpt(-0.9, mid), mpt(-0.35, up_in), mpt(0, up_in), mpt(0.35, up_in), mpt(0.9, mid),
                  mpt(0.35, lo_in), mpt(0, lo_in), mpt(-0.35, lo_in)]
-    mouth_lm = F(np.array(mouth_pts))
+    return F(np.array(mouth_pts)), my
 
-    # --- glasses
-    if rng.random() < NZ["glasses"]:
+
+def _draw_glasses(img, F: _Frame, rng: np.random.Generator, ex: float, ey: float, ew: float) -> None:
+    """Sometimes (NUISANCE["glasses"]) glasses over the eyes; a quarter of them are
+    sunglasses, which hide the eyes' part of the expression."""
+    px = F.scale
+    if rng.random() < NUISANCE["glasses"]:
         gcol = rng.uniform(0, 120, 3)
-        dark = rng.random() < 0.25  # sunglasses hide the eyes
+        dark = rng.random() < 0.25
         for side in (-1, 1):
             lens = _ellipse(side * ex, ey + 0.01, ew * 1.35, ew * 0.95, 28)
             if dark:
@@ -481,8 +612,13 @@ def render_face(label: int, rng: np.random.Generator, size: int,
             _stroke(img, F(lens), gcol, 0.015 * px, closed=True)
         _stroke(img, F(np.array([[-ex + ew * 1.3, ey - 0.01], [ex - ew * 1.3, ey - 0.01]])), gcol, 0.015 * px)
 
-    # --- partial occlusion: a hand-like blob or an object over part of the face
-    if rng.random() < NZ["occlusion"]:
+
+def _draw_occlusion(img, F: _Frame, rng: np.random.Generator, ex: float, ey: float, my: float) -> None:
+    """Sometimes (NUISANCE["occlusion"]) a hand (palm and four fingers) or an object
+    (rotated rectangle) over the mouth, an eye, the chin or a cheek, as in real face photos;
+    the landmarks stay where the hidden features are."""
+    px = F.scale
+    if rng.random() < NUISANCE["occlusion"]:
         targets = np.array([[0.0, my], [-ex, ey], [ex, ey], [0.0, 0.8], [-0.45, 0.35], [0.45, 0.35]])
         tx, ty = targets[rng.integers(len(targets))] + rng.normal(0, 0.06, 2)
         if rng.random() < 0.6:  # hand: palm plus four fingers
@@ -503,7 +639,15 @@ def render_face(label: int, rng: np.random.Generator, size: int,
             rect = np.array([[-w, -h], [w, -h], [w, h], [-w, h]]) @ rot.T + [tx, ty]
             _fill(img, F(rect, warp=False), rng.uniform(10, 245, 3))
 
-    # --- photometry: lighting gradient, gain, downsample, blur, noise
+
+def _photometry(img: np.ndarray, rng: np.random.Generator, size: int, ss: int) -> np.ndarray:
+    """The camera: lighting gradient, gain and colour cast, downsample to `size`, sometimes
+    blur and grayscale, then sensor noise; returns the final uint8 image.
+
+    These vary what a net must ignore (exposure, white balance, focus, noise) independently
+    of the expression.
+    """
+    S = img.shape[0]
     out = img.astype(np.float32)
     g = np.linspace(-1.0, 1.0, S, dtype=np.float32)
     la = rng.uniform(0, 2 * math.pi)
@@ -512,36 +656,26 @@ def render_face(label: int, rng: np.random.Generator, size: int,
     out *= rng.uniform(0.9, 1.1, 3).astype(np.float32)  # colour cast
     if ss > 1:
         out = cv2.resize(out, (size, size), interpolation=cv2.INTER_AREA)
-    if rng.random() < NZ["blur"]:
-        sigma = rng.uniform(0.3, NZ["blur_max"]) * size / 64.0
+    if rng.random() < NUISANCE["blur"]:
+        sigma = rng.uniform(0.3, NUISANCE["blur_max"]) * size / 64.0
         out = cv2.GaussianBlur(out, (0, 0), sigma)
-    if rng.random() < NZ["gray"]:  # some photos are grayscale
+    if rng.random() < NUISANCE["gray"]:  # some photos are grayscale
         out[:] = out @ np.array([0.299, 0.587, 0.114], np.float32)[:, None]
-    out += rng.normal(0.0, rng.uniform(1.0, NZ["noise_max"]), out.shape).astype(np.float32)
-    image = np.clip(np.round(out), 0, 255).astype(np.uint8)
-
-    lm_hi = np.concatenate([jaw, brow_lm[0], brow_lm[1], nose_lm, eye_lm[0], eye_lm[1], mouth_lm])
-    # hi-res -> output pixels; the framing keeps them inside, the clip is only a safety net
-    landmarks = np.clip((lm_hi + 0.5) / ss - 0.5, 0.0, size - 1.0)
-    valence, arousal = _valence_arousal(label, k, rng)
-    return image, dict(valence=valence, arousal=arousal, landmarks=landmarks, intensity=k)
-
-
-def _skin_tone(rng: np.random.Generator) -> np.ndarray:
-    t = rng.uniform(0, len(_SKIN) - 1)
-    i = min(int(t), len(_SKIN) - 2)
-    return _mix(_SKIN[i], _SKIN[i + 1], t - i) * rng.uniform(0.92, 1.05, 3)
+    out += rng.normal(0.0, rng.uniform(1.0, NUISANCE["noise_max"]), out.shape).astype(np.float32)
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------- writing
 
-_USER_KEYS = ("n_train", "n_val", "size", "seed")  # the rest of the params are the generator's
+_USER_KEYS = ("n_train", "n_val", "n_test", "size", "seed", "label_noise")  # the rest are the generator's
+_N_KEY = {"train_set": "n_train", "val_set": "n_val", "test_set": "n_test"}
+_ANNOTATIONS = ("exp", "exp_clean", "val", "aro", "lnd")  # files per image: annotations/<id>_<kind>.npy
 
 
-def _params(n_train, n_val, size, seed) -> dict:
-    return dict(generator=GENERATOR, version=GENERATOR_VERSION, n_train=n_train, n_val=n_val,
-                size=size, seed=seed, jpeg_quality=JPEG_QUALITY, intensity_beta=list(INTENSITY_BETA),
-                nuisance=dict(NUISANCE))
+def _params(n_train, n_val, n_test, size, seed, label_noise) -> dict:
+    return dict(generator=GENERATOR, version=GENERATOR_VERSION, n_train=n_train, n_val=n_val, n_test=n_test,
+                size=size, seed=seed, label_noise=label_noise, jpeg_quality=JPEG_QUALITY,
+                intensity_beta=list(INTENSITY_BETA), va_spread=list(VA_SPREAD), nuisance=dict(NUISANCE))
 
 
 def _read_meta(out: Path) -> dict | None:
@@ -557,13 +691,14 @@ def _complete(out: Path, params: dict) -> bool:
     meta = _read_meta(out)
     if meta is None or meta.get("params") != params:
         return False
-    for split, n in (("train_set", params["n_train"]), ("val_set", params["n_val"])):
+    for split, _ in SPLITS:
+        n = params[_N_KEY[split]]
         try:
             n_img = sum(1 for _ in os.scandir(out / split / "images"))
             n_ann = sum(1 for _ in os.scandir(out / split / "annotations"))
         except OSError:
             return False
-        if n_img != n or n_ann != 4 * n:
+        if n_img != n or n_ann != len(_ANNOTATIONS) * n:
             return False
     return (out / "README.md").is_file()
 
@@ -583,7 +718,17 @@ def _split_labels(seed: int, code: int, counts: list[int]) -> np.ndarray:
     return rng.permutation(labels)  # ids must not reveal the class
 
 
-def _write_split(root: Path, seed: int, code: int, counts: list[int], size: int) -> None:
+def noisy_label(label: int, noise: float, rng: np.random.Generator) -> int:
+    """The annotated label: with probability `noise` one of the other classes, uniformly, else `label`.
+    Always two draws, so the stream's position does not depend on the outcome."""
+    k = len(EMOTION_NAMES)
+    flip, other = rng.random(), int(rng.integers(k - 1))
+    return (label + 1 + other) % k if flip < noise else label
+
+
+def _write_split(root: Path, seed: int, code: int, counts: list[int], size: int, label_noise: float) -> None:
+    """Draw and write one split. The face is drawn from its clean label (stream (seed, code, 1, i)); the
+    noise has a stream of its own (seed, code, 2, i), so the images do not depend on the noise level."""
     images, ann = root / "images", root / "annotations"
     images.mkdir(parents=True)
     ann.mkdir()
@@ -592,9 +737,11 @@ def _write_split(root: Path, seed: int, code: int, counts: list[int], size: int)
     for i, label in enumerate(labels):
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, code, 1, i])))
         image, a = render_face(int(label), rng, size)
+        noise_rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, code, 2, i])))
         name = f"{i:0{width}d}"
         Image.fromarray(image).save(images / f"{name}.jpg", "JPEG", quality=JPEG_QUALITY)
-        _save_str(ann / f"{name}_exp.npy", str(int(label)))
+        _save_str(ann / f"{name}_exp.npy", str(noisy_label(int(label), label_noise, noise_rng)))
+        _save_str(ann / f"{name}_exp_clean.npy", str(int(label)))
         _save_str(ann / f"{name}_val.npy", _fmt(a["valence"], 4))
         _save_str(ann / f"{name}_aro.npy", _fmt(a["arousal"], 4))
         _save_str(ann / f"{name}_lnd.npy", ";".join(_fmt(v, 2) for v in a["landmarks"].ravel()))
@@ -602,45 +749,56 @@ def _write_split(root: Path, seed: int, code: int, counts: list[int], size: int)
 
 def _readme(params: dict, counts: dict[str, list[int]]) -> str:
     nuisance = ", ".join(f"{k} {v}" for k, v in params["nuisance"].items())
-    rows = "\n".join(f"| {c} | {EMOTION_NAMES[c]} | {counts['train_set'][c]} | {counts['val_set'][c]} |"
+    rows = "\n".join(f"| {c} | {EMOTION_NAMES[c]} | " + " | ".join(str(counts[s][c]) for s, _ in SPLITS) + " |"
                      for c in range(len(EMOTION_NAMES)))
+    totals = " | ".join(str(sum(counts[s])) for s, _ in SPLITS)
     return f"""# Synthetic facial-expression dataset
 
 Generated by `{GENERATOR}` (version {params['version']}): procedurally drawn faces, no real
-people. Layout: AffectNet "mini" (`train_set/`, `val_set/`, each with `images/<id>.jpg` and
-`annotations/<id>_exp.npy`, `_val.npy`, `_aro.npy`, `_lnd.npy`, 0-d string arrays; landmarks
-are 68 iBUG points as `x1;y1;...;x68;y68` in image pixels).
+people. Layout: AffectNet "mini" (`train_set/`, `val_set/`, `test_set/`, each with
+`images/<id>.jpg` and `annotations/<id>_exp.npy`, `_exp_clean.npy`, `_val.npy`, `_aro.npy`,
+`_lnd.npy`, 0-d string arrays; landmarks are 68 iBUG points as `x1;y1;...;x68;y68` in image
+pixels).
 
 Parameters: seed {params['seed']}, size {params['size']} px, JPEG quality {params['jpeg_quality']},
-expression intensity ~ Beta{tuple(params['intensity_beta'])}. Nuisances: {nuisance}.
-Train follows AffectNet's class shares; val is balanced. Regenerate with
+expression intensity ~ Beta{tuple(params['intensity_beta'])}, valence/arousal spread
+{tuple(params['va_spread'])} around each face's circumplex point. Nuisances: {nuisance}.
+Label noise {params['label_noise']}: `_exp.npy` is the annotated label (with that probability
+another class, uniformly), `_exp_clean.npy` the label the face was drawn with.
+Train follows AffectNet's class shares; val (selection) and test (report) are balanced in
+their clean labels (the counts below). Regenerate with
 
     python -m fer_utils.data.synthetic --out DIR --n-train {params['n_train']} --n-val {params['n_val']} \\
-        --size {params['size']} --seed {params['seed']}
+        --n-test {params['n_test']} --size {params['size']} --seed {params['seed']} \\
+        --label-noise {params['label_noise']}
 
-| id | emotion | train | val |
-| --- | --- | --- | --- |
+| id | emotion | train | val | test |
+| --- | --- | --- | --- | --- |
 {rows}
-| | total | {sum(counts['train_set'])} | {sum(counts['val_set'])} |
+| | total | {totals} |
 """
 
 
 def generate(out: str | Path, n_train: int = 4000, n_val: int = 800, size: int = 64,
-             seed: int = 0, overwrite: bool = False) -> Path:
+             seed: int = 0, overwrite: bool = False, *, n_test: int = 800,
+             label_noise: float = LABEL_NOISE) -> Path:
     """Write the synthetic dataset to `out` (AffectNet-mini layout) and return its path.
 
     Returns at once if `out` already holds a complete dataset with the same parameters.
-    One we wrote with the same n_train/n_val/size/seed but incomplete or from another
+    One we wrote with the same user parameters (_USER_KEYS) but incomplete or from another
     generator version is rebuilt; one with other parameters is replaced only with
     overwrite=True; a folder that is not ours (no synthetic.json) and not empty is never
     touched. Raises ValueError for bad arguments, FileExistsError for refusals.
     """
     n_train = _check_int("n_train", n_train, low=1)
     n_val = _check_int("n_val", n_val, low=0)
+    n_test = _check_int("n_test", n_test, low=0)
     size = _check_int("size", size, 32, 512)
     seed = _check_int("seed", seed, 0, 2 ** 63 - 1)
+    if isinstance(label_noise, bool) or not isinstance(label_noise, (int, float)) or not 0 <= label_noise <= 1:
+        raise ValueError(f"label_noise must be a number in [0, 1], got {label_noise!r}")
     out = Path(out).expanduser().absolute()
-    params = _params(n_train, n_val, size, seed)
+    params = _params(n_train, n_val, n_test, size, seed, float(label_noise))
 
     if out.exists():
         if not out.is_dir():
@@ -668,9 +826,10 @@ def generate(out: str | Path, n_train: int = 4000, n_val: int = 800, size: int =
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         counts = {"train_set": class_counts(n_train, balanced=False),
-                  "val_set": class_counts(n_val, balanced=True)}
+                  "val_set": class_counts(n_val, balanced=True),
+                  "test_set": class_counts(n_test, balanced=True)}
         for split, code in SPLITS:
-            _write_split(tmp / split, seed, code, counts[split], size)
+            _write_split(tmp / split, seed, code, counts[split], size, params["label_noise"])
         (tmp / "README.md").write_text(_readme(params, counts))
         # written last: its presence marks a finished dataset
         meta = dict(generator=GENERATOR, params=params, counts=counts, emotions=list(EMOTION_NAMES))
@@ -707,21 +866,25 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap = argparse.ArgumentParser(prog=prog or "python -m fer_utils.data.synthetic", description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="output folder (AffectNet-mini layout)")
     ap.add_argument("--n-train", type=int, default=4000)
-    ap.add_argument("--n-val", type=int, default=800)
+    ap.add_argument("--n-val", type=int, default=800, help="selection split (balanced)")
+    ap.add_argument("--n-test", type=int, default=800, help="report split (balanced)")
+    ap.add_argument("--label-noise", type=float, default=LABEL_NOISE,
+                    help="share of labels replaced by another class, uniformly")
     ap.add_argument("--size", type=int, default=64, help="image side in pixels (32-512)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--overwrite", action="store_true", help="replace a synthetic dataset with other params")
     args = ap.parse_args(argv)
     try:
-        path = generate(args.out, args.n_train, args.n_val, args.size, args.seed, args.overwrite)
+        path = generate(args.out, args.n_train, args.n_val, args.size, args.seed, args.overwrite,
+                        n_test=args.n_test, label_noise=args.label_noise)
     except (ValueError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     meta = json.loads((path / META_FILE).read_text())
     print(f"synthetic dataset at {path}")
-    print(f"{'id':>2}  {'emotion':<9} {'train':>6} {'val':>6}")
+    print(f"{'id':>2}  {'emotion':<9} {'train':>6} {'val':>6} {'test':>6}")
     for c, name in enumerate(EMOTION_NAMES):
-        print(f"{c:>2}  {name:<9} {meta['counts']['train_set'][c]:>6} {meta['counts']['val_set'][c]:>6}")
+        print(f"{c:>2}  {name:<9} " + " ".join(f"{meta['counts'][s][c]:>6}" for s, _ in SPLITS))
     return 0
 
 

@@ -16,14 +16,30 @@ from torch import nn
 
 from ..paths import atomic_write
 from ..config.params import training_params
-from .models import create_model
+from .models import LEGACY_SHORTCUT, SHORTCUTS, model_from_config
 from .runtime import unwrap_model
 
 CHECKPOINT_FORMAT = 1
 
 
+# What every checkpoint holds, full (training) or exported (app.export): what loading and rebuilding the
+# model read without a default. A file without them is not one of ours, whatever torch.load makes of it.
+REQUIRED_KEYS = ("model_config", "model", "classes")
+MODEL_CONFIG_KEYS = ("name", "num_classes", "in_channels", "image_size", "width", "dropout", "dropblock")
+# What reusing or resuming a run reads besides: only a training run's last.pt has all of it.
+TRAINING_KEYS = ("params", "fingerprint", "epoch", "finished", "history", "best_epoch", "best_metric", "optimizer",
+                 "scheduler", "rng")
+
+
 class CheckpointError(ValueError):
-    """A checkpoint does not match the model, classes, params or data it is used for."""
+    """A checkpoint is damaged, is not this project's, or does not match the model, classes, params or
+    data it is used for."""
+
+
+def not_ours(path: Path) -> CheckpointError:
+    """The one-line error for a file that is damaged or not this project's checkpoint. torch's own message
+    (for weights_only, an essay on unpickling) says nothing a user can act on; it stays in __cause__."""
+    return CheckpointError(f"not a checkpoint of this project (or damaged): {path}")
 
 
 def rng_state() -> dict:
@@ -52,17 +68,20 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None, classes=No
                     scheduler=None, scaler=None, map_location="cpu") -> dict:
     """Read a checkpoint (weights_only) and load its states into whatever is given.
 
-    Raises CheckpointError, saying what was expected and what was found, when the checkpoint was
-    made for another model (name, classes count, channels, size, width) or other `classes`."""
+    Raises CheckpointError: in one line naming the file when it is damaged or not this project's
+    checkpoint; saying what was expected and what was found when it was made for another model (name,
+    classes count, channels, size, width) or other `classes`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
+    try:  # a truncated zip, random bytes, a pickled object: torch raises many types, all mean the same here
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"{path} is not a readable checkpoint: {err}") from err
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a fer_utils checkpoint (format {CHECKPOINT_FORMAT})")
+        raise not_ours(path) from err
+    if (not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT
+            or any(k not in ckpt for k in REQUIRED_KEYS) or not isinstance(ckpt["model_config"], dict)
+            or any(k not in ckpt["model_config"] for k in MODEL_CONFIG_KEYS)):
+        raise not_ours(path)
     if classes is not None and list(classes) != list(ckpt["classes"]):
         raise CheckpointError(f"{path} was trained on classes {list(ckpt['classes'])}; "
                               f"expected {list(classes)}")
@@ -75,10 +94,7 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None, classes=No
             if diff:
                 raise CheckpointError(f"{path} holds a different model: " + ", ".join(
                     f"{k} expected {e!r}, found {f!r}" for k, (e, f) in diff.items()))
-        try:
-            model.load_state_dict(ckpt["model"])
-        except RuntimeError as err:
-            raise CheckpointError(f"{path}: weights do not fit the model {found.get('name')!r}: {err}") from err
+        load_weights(model, ckpt, path)
     if optimizer is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
     if scheduler is not None:
@@ -88,24 +104,44 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None, classes=No
     return ckpt
 
 
+def load_weights(model: nn.Module, ckpt: dict, path: Path) -> None:
+    """ckpt["model"] into `model`; weights of other shapes or names (a damaged or hand-edited file) are a
+    one-line CheckpointError (torch's message lists every key; it stays in __cause__)."""
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"{path}: weights do not fit the model {ckpt['model_config']['name']!r} it "
+                              "describes (damaged?)") from err
+
+
 def load_model(path: str | Path, device="cpu") -> tuple[nn.Module, dict]:
     """Rebuild a checkpoint's model (in eval mode) from its stored config; returns (model, checkpoint)."""
+    path = Path(path)
     ckpt = load_checkpoint(path)
     cfg = ckpt["model_config"]
-    model = create_model(cfg["name"], cfg["num_classes"], cfg["in_channels"], cfg["image_size"], cfg["width"],
-                         cfg["dropout"], cfg["dropblock"])
-    model.load_state_dict(ckpt["model"])
+    try:
+        model = model_from_config(cfg)
+    except (ValueError, TypeError, RuntimeError) as err:  # a config no model can be built from
+        raise not_ours(path) from err
+    load_weights(model, ckpt, path)
     return model.to(device).eval(), ckpt
 
 
 def match_checkpoint(path: Path, params: dict, classes: list, fingerprint: str) -> tuple[dict | None, str]:
-    """(checkpoint, "") when `path` was made with these training params, classes and data; else (None, why)."""
+    """(checkpoint, "") when `path` was made with these training params, classes and data; else (None, why).
+
+    A file at `path` that is damaged or not this project's raises CheckpointError instead, saying how to
+    start over: training over it unasked would also replace the run's best.pt, maybe its only good model."""
     if not path.is_file():
         return None, f"no checkpoint at {path}"
     try:
         ckpt = load_checkpoint(path)
+        if any(k not in ckpt for k in TRAINING_KEYS):  # e.g. an exported model copied over last.pt
+            raise not_ours(path)
     except CheckpointError as err:
-        return None, str(err)
+        raise CheckpointError(f"{err}. To train this run from scratch, set retrain=true (-p retrain=true, without "
+                              f"--resume); that replaces {path.with_name('best.pt')} too: copy it first to keep "
+                              "it") from err
     old, new = training_params(ckpt["params"]), training_params(params)
     changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in new if old.get(k) != new[k]]
     if changed:
@@ -114,4 +150,7 @@ def match_checkpoint(path: Path, params: dict, classes: list, fingerprint: str) 
         return None, f"{path} was trained on other data (fingerprint {ckpt['fingerprint']}, now {fingerprint})"
     if list(ckpt["classes"]) != list(classes):
         return None, f"{path} was trained on classes {ckpt['classes']}, now {list(classes)}"
+    shortcut = ckpt["model_config"].get("shortcut", LEGACY_SHORTCUT)
+    if ckpt["model_config"]["name"] == "resnet" and shortcut != SHORTCUTS[0]:  # the same params build another net now
+        return None, f"{path} holds the older '{shortcut}' resnet; the current one is '{SHORTCUTS[0]}'"
     return ckpt, ""

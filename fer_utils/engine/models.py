@@ -1,10 +1,11 @@
 """Model factory: the original study's plain CNN, its regularised twin, a small
-ResNet sized for 48-224 px faces, and torchvision's ResNet-18.
+ResNet sized for 48-224 px faces, a small U-Net classifier, and torchvision's ResNet-18.
 
 Every model takes `in_channels` (1 = grayscale, 3 = RGB) and carries a plain
 `config` dict (name, num_classes, in_channels, image_size, width, dropout,
-dropblock) that checkpoints store, so a checkpoint can be checked against, or
-rebuilt into, the model it belongs to.
+dropblock; the small ResNet also its `shortcut` version) that checkpoints store,
+so a checkpoint can be checked against, or rebuilt into, the model it belongs to
+(`model_from_config`).
 """
 from __future__ import annotations
 
@@ -43,8 +44,9 @@ def _plain_cnn(num_classes, in_channels, image_size, width, regularized, dropout
                 layers.append(nn.BatchNorm2d(c_out))
             layers.append(nn.ReLU(inplace=True))
         layers.append(nn.MaxPool2d(2))
-        # DropBlock only in the last two stages: early maps are too large and too generic to benefit.
-        if regularized and dropblock > 0 and i >= stages - 2:
+        # DropBlock only in the last two stages: early maps are too large and too generic to benefit; and
+        # only on maps that hold a 3x3 block (torchvision shrinks it to an even size and fails below that).
+        if regularized and dropblock > 0 and i >= stages - 2 and side // 2 >= 3:
             layers.append(DropBlock2d(dropblock, block_size=3))
         c_in, side = c_out, side // 2
     hidden = 16 * width
@@ -86,10 +88,21 @@ class StridedPointwise(nn.Conv2d):
         return F.conv2d(x[:, :, ::s[0], ::s[1]], self.weight)
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convs with batch norm and an identity (or 1x1 projection) shortcut."""
+# The small ResNet's architecture versions, recorded in its config as "shortcut". "strided" (the first
+# version; what a config without the key means) downsamples with a 1x1 stride-2 conv, which reads one
+# pixel in four, and zero-initialises every block's last batch norm: at initialisation the network is
+# then its chain of shortcuts, and at 48 px its output depends on 64 of the 2,304 pixels, none below row
+# 34 (no mouth). Trained so, the ablation's resnet rung stayed at chance. "avgpool" (ResNet-D, He et al.
+# 2019) averages each 2x2 window before a stride-1 1x1 conv, so every pixel reaches the output, and
+# zero-initialises only blocks with an identity shortcut, the only ones that then start as identities.
+SHORTCUTS = ("avgpool", "strided")  # the current version first
+LEGACY_SHORTCUT = "strided"
 
-    def __init__(self, c_in: int, c_out: int, stride: int):
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with batch norm and an identity or projection shortcut (`shortcut`: see SHORTCUTS)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, shortcut: str):
         super().__init__()
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(c_out)
@@ -97,8 +110,13 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(c_out)
         self.relu = nn.ReLU(inplace=True)
         self.shortcut = nn.Identity()
-        if stride != 1 or c_in != c_out:
+        if shortcut == "strided" and (stride != 1 or c_in != c_out):
             self.shortcut = nn.Sequential(StridedPointwise(c_in, c_out, stride), nn.BatchNorm2d(c_out))
+        elif stride != 1 or c_in != c_out:
+            # ceil_mode: the same output side as conv1 (stride 2, padding 1) for odd sides too; the
+            # edge windows then average only the pixels they hold.
+            pool = [nn.AvgPool2d(stride, ceil_mode=True)] if stride != 1 else []
+            self.shortcut = nn.Sequential(*pool, nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
 
     def forward(self, x):
         out = self.relu(self.bn1(self.conv1(x)))
@@ -113,10 +131,15 @@ class SmallResNet(nn.Module):
     discard most of a 48 px face before the first block); larger images get the
     usual stride-2 7x7 conv + max-pool. At 48 and 96 px the stages then run on the
     same 24-12-6-3 px maps, so the cost per image barely grows with the input.
+    `shortcut` picks the architecture version (see SHORTCUTS); "strided" is the
+    legacy one that old checkpoints were trained with.
     """
 
-    def __init__(self, num_classes, in_channels=1, image_size=48, width=16, dropout=0.0):
+    def __init__(self, num_classes, in_channels=1, image_size=48, width=16, dropout=0.0,
+                 shortcut: str = SHORTCUTS[0]):
         super().__init__()
+        if shortcut not in SHORTCUTS:
+            raise ValueError(f"unknown shortcut '{shortcut}'; valid: {', '.join(SHORTCUTS)}")
         if image_size <= 64:
             self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False),
                                       nn.BatchNorm2d(width), nn.ReLU(inplace=True))
@@ -129,7 +152,8 @@ class SmallResNet(nn.Module):
         stages, c_in = [], width
         for i, stride in enumerate(strides):
             c_out = width * 2 ** i
-            stages.append(nn.Sequential(BasicBlock(c_in, c_out, stride), BasicBlock(c_out, c_out, 1)))
+            stages.append(nn.Sequential(BasicBlock(c_in, c_out, stride, shortcut),
+                                        BasicBlock(c_out, c_out, 1, shortcut)))
             c_in = c_out
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -138,13 +162,67 @@ class SmallResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        for m in self.modules():  # zero-init the last BN of each block: blocks start as identities
-            if isinstance(m, BasicBlock):
+        for m in self.modules():  # zero-init the last BN of a block: the block starts as its shortcut
+            if isinstance(m, BasicBlock) and (shortcut == "strided" or isinstance(m.shortcut, nn.Identity)):
                 nn.init.zeros_(m.bn2.weight)
 
     def forward(self, x):
         x = self.pool(self.stages(self.stem(x))).flatten(1)
         return self.fc(self.dropout(x))
+
+
+# -- small U-Net --------------------------------------------------------------
+
+def _double_conv(c_in: int, c_out: int) -> nn.Sequential:
+    """One level of the U: two 3x3 convs, each with batch norm and ReLU."""
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                         nn.ReLU(inplace=True), nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class SmallUNet(nn.Module):
+    """The U-shaped network the original study named (Ronneberger et al. 2015), as a classifier: an encoder of
+    three double-conv levels (widths w, 2w, 4w) and a bottleneck (8w), each a 2x2 max-pool below the last,
+    and a decoder that upsamples back level by level, concatenates the encoder's map of the same size (the
+    skip connections) and applies a double conv. The head reads only the last decoder map, as the
+    original's 1x1 head does: a 1x1 conv widens its w channels to 8w (with batch norm and ReLU, as
+    MobileNetV2's last conv: with the w channels pooled directly, the default ablation's U-Net reached
+    val macro-F1 0.24 after 9 of its 10 epochs), then global average pool, dropout, linear. Everything
+    the logits see passes through that conv (the layer Grad-CAM weighs, `analysis.saliency.feature_layer`).
+
+    A stride-1 3x3 stem and a max-pool put the U on half the input side (48 px -> 24, 12, 6, 3): a decoder
+    at full resolution would cost more than the rest of the network together on a CPU. The decoder
+    upsamples bilinearly to the skip's exact size, so odd sides work; the smallest input is 16 px (1 px at
+    the bottom).
+    """
+
+    def __init__(self, num_classes, in_channels=1, width=16, dropout=0.0):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
+                                  nn.ReLU(inplace=True), nn.MaxPool2d(2))
+        widths = [width * 2 ** i for i in range(4)]  # w, 2w, 4w (encoder levels), 8w (bottleneck)
+        self.down = nn.ModuleList(_double_conv(c_in, c_out) for c_in, c_out in zip([width] + widths, widths))
+        self.up = nn.ModuleList(_double_conv(c_deep + c_skip, c_skip)
+                                for c_deep, c_skip in zip(widths[:0:-1], widths[-2::-1]))
+        self.head = nn.Sequential(nn.Conv2d(width, widths[-1], 1, bias=False), nn.BatchNorm2d(widths[-1]),
+                                  nn.ReLU(inplace=True))
+        self.pool = nn.MaxPool2d(2)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(widths[-1], num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x):
+        x = self.stem(x)
+        skips = []
+        for i, level in enumerate(self.down):
+            x = level(x if i == 0 else self.pool(x))
+            skips.append(x)
+        for level, skip in zip(self.up, skips[-2::-1]):
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = level(torch.cat([x, skip], 1))
+        return self.fc(self.dropout(self.head(x).mean((2, 3))))
 
 
 # -- torchvision ResNet-18 ----------------------------------------------------
@@ -182,13 +260,15 @@ def _resnet18(num_classes, in_channels, dropout, pretrained, require_weights):
 
 def create_model(name: str, num_classes: int, in_channels: int = 1, image_size: int = 48, width: int = 32,
                  dropout: float = 0.0, dropblock: float = 0.0, pretrained: bool = False,
-                 require_weights: bool = False) -> nn.Module:
+                 require_weights: bool = False, shortcut: str = SHORTCUTS[0]) -> nn.Module:
     """Build a model by name (one of config.registry.MODELS) with its `build_<name>` function.
 
     `pretrained` only applies to resnet18 and never downloads: weights are used if
     cached locally (see `resnet18_weights_path`); otherwise a warning says so and the
     model trains from scratch, or, with `require_weights=True`, FileNotFoundError.
     The plain CNNs' dense head is sized for `image_size`, so they need inputs of that size.
+    `shortcut` is the small ResNet's architecture version (SHORTCUTS; new models get the
+    current one, `model_from_config` rebuilds what a checkpoint was trained with).
     """
     if pretrained and name != "resnet18":
         raise ValueError(f"pretrained weights exist only for resnet18, not '{name}'")
@@ -196,10 +276,22 @@ def create_model(name: str, num_classes: int, in_channels: int = 1, image_size: 
         raise ValueError(f"unknown model '{name}'; valid names: {', '.join(MODELS)}")
     model = globals()[f"build_{name}"](num_classes=num_classes, in_channels=in_channels, image_size=image_size,
                                        width=width, dropout=dropout, dropblock=dropblock, pretrained=pretrained,
-                                       require_weights=require_weights)
+                                       require_weights=require_weights, shortcut=shortcut)
     model.config = dict(name=name, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
                         width=width, dropout=dropout, dropblock=dropblock)
+    if name == "resnet":
+        model.config["shortcut"] = shortcut
     return model
+
+
+def model_from_config(config: dict) -> nn.Module:
+    """Rebuild the model a checkpoint's `model_config` describes (untrained weights). A small ResNet
+    config without "shortcut" was written before the architecture versions existed, so it gets the
+    legacy architecture it was trained with (its weights do not fit the current one: the avgpool
+    shortcut shifts the names of the projection's weights)."""
+    return create_model(config["name"], config["num_classes"], config["in_channels"], config["image_size"],
+                        config["width"], config["dropout"], config["dropblock"],
+                        shortcut=config.get("shortcut", LEGACY_SHORTCUT))
 
 
 # -- the builders config.registry.MODELS names: build_<name>(**every create_model argument) --
@@ -212,8 +304,12 @@ def build_regularized_cnn(num_classes, in_channels, image_size, width, dropout, 
     return _plain_cnn(num_classes, in_channels, image_size, width, True, dropout, dropblock)
 
 
-def build_resnet(num_classes, in_channels, image_size, width, dropout, **_):
-    return SmallResNet(num_classes, in_channels, image_size, width, dropout)
+def build_resnet(num_classes, in_channels, image_size, width, dropout, shortcut, **_):
+    return SmallResNet(num_classes, in_channels, image_size, width, dropout, shortcut)
+
+
+def build_unet(num_classes, in_channels, width, dropout, **_):
+    return SmallUNet(num_classes, in_channels, width, dropout)
 
 
 def build_resnet18(num_classes, in_channels, dropout, pretrained, require_weights, **_):

@@ -83,7 +83,7 @@ last = history.iloc[-1]
 train_acc, val_acc, gap = evaluate.percent_pair(last["train_accuracy"], last["val_accuracy"])
 display(Markdown(
     f"After the last epoch the model scores {train_acc} on train (augmented) and {val_acc} on val, "
-    + (f"no gap at this precision." if train_acc == val_acc else
+    + ("no gap at this precision." if train_acc == val_acc else
        f"{gap} percentage points {'lower' if last['val_accuracy'] < last['train_accuracy'] else 'higher'} on val.")
 ))
 

@@ -66,7 +66,7 @@ else:
         f"({', '.join(map(str, seeds))}) on {len(ds.split('train')):,} training images, {minutes:.1f} minutes "
         f"of training in all, and scored with its best epoch (by macro-F1) on the **selection split (val)**, "
         f"{len(ds.split('val')):,} images"
-        + (f"; with several seeds every score is the mean over them" if len(seeds) > 1 else "") + "."
+        + ("; with several seeds every score is the mean over them" if len(seeds) > 1 else "") + "."
         + "".join(f"\n\n**{r.variant} failed**: {r.status[len('failed: '):]}" for r in failed.itertuples())
     ))
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from fer_utils.app import faces
 from fer_utils.data import images
-from fer_utils.engine import train, transforms
+from fer_utils.engine import transforms
 from fer_utils.app.faces import Face, ImageError
 from photos import FACE, astronaut, encode, face_tiles, iou, noise, png_header
 

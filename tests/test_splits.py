@@ -1,7 +1,6 @@
 """Split roles (train / selection val / report test / heldout) and cross-split pixel deduplication."""
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image

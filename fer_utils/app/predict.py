@@ -236,8 +236,12 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
-    """--tta / --no-tta, shared by the photo and video commands (default: the checkpoint's headline protocol)."""
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which model and which protocol, shared by the photo and video commands: --checkpoint | --run-dir, and
+    --tta | --no-tta (default: the checkpoint's headline protocol)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--checkpoint", help="a checkpoint (.pt) made by the training engine (fer train)")
+    group.add_argument("--run-dir", help="use RUN_DIR/best.pt if it exists (else the bundled model)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--no-tta", dest="tta", action="store_false", default=None,
                        help="one pass per face (default: the protocol the model's evaluation reported)")
@@ -245,35 +249,36 @@ def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
                        help="average each face with its mirror image (flip test-time augmentation)")
 
 
-def apply_protocol_arguments(predictor: Predictor, args: argparse.Namespace) -> None:
+def predictor_from_args(args: argparse.Namespace) -> Predictor | None:
+    """The model `add_model_arguments`' options name, under the protocol they ask for; which model and
+    protocol (and any caution) go to stderr. None, after printing the error, when there is no usable model."""
+    try:
+        predictor = load_predictor(args.checkpoint, args.run_dir)
+    except (NoCheckpointError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return None
     if args.tta is not None:
         predictor.tta = args.tta
+    print(predictor.describe().replace("`", ""), file=sys.stderr)
+    if predictor.warning():
+        print(f"warning: {predictor.warning()}", file=sys.stderr)
+    return predictor
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(prog=prog or "python -m fer_utils.app.predict",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="photo files (JPEG, PNG, WebP, ...)")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--checkpoint", help="a checkpoint (.pt) made by the training engine (fer train)")
-    group.add_argument("--run-dir", help="use RUN_DIR/best.pt if it exists (else the bundled model)")
     parser.add_argument("--no-detect", action="store_true",
                         help="no face detection: each image is already one cropped face")
     parser.add_argument("--max-faces", type=positive_int, default=faces_mod.MAX_FACES,
                         help="classify at most this many faces per photo, largest first "
                              f"(default {faces_mod.MAX_FACES})")
-    add_protocol_arguments(parser)
+    add_model_arguments(parser)
     args = parser.parse_args(argv)
-
-    try:
-        predictor = load_predictor(args.checkpoint, args.run_dir)
-    except (NoCheckpointError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    predictor = predictor_from_args(args)
+    if predictor is None:
         return 2
-    apply_protocol_arguments(predictor, args)
-    print(predictor.describe().replace("`", ""), file=sys.stderr)
-    if predictor.warning():
-        print(f"warning: {predictor.warning()}", file=sys.stderr)
     failed = 0
     for file in args.images:
         try:

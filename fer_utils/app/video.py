@@ -42,11 +42,9 @@ import numpy as np
 
 from ..analysis.figures import emotion_colors
 from ..data.explore import sample_faces
-from ..engine.checkpoint import CheckpointError
 from ..paths import atomic_write
 from . import faces as faces_mod
-from .predict import (NoCheckpointError, add_protocol_arguments, apply_protocol_arguments, classify, cpu_threads,
-                      load_predictor, positive_int)
+from .predict import add_model_arguments, classify, cpu_threads, positive_int, predictor_from_args
 
 SMOOTH_S = 0.5        # EMA time constant (seconds): long enough to hide single-frame flips, short enough to follow
 MAX_GAP_S = 0.5       # a track unseen this long is forgotten (a face that comes back later gets a new id)
@@ -589,9 +587,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                         "the others show the last boxes")
     parser.add_argument("--smooth", type=float, default=SMOOTH_S,
                         help=f"EMA time constant in seconds (default {SMOOTH_S}; 0: off)")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--checkpoint", help="a checkpoint (.pt) made by the training engine")
-    group.add_argument("--run-dir", help="use RUN_DIR/best.pt if it exists (else the bundled model)")
     parser.add_argument("--max-faces", type=positive_int, default=faces_mod.MAX_FACES,
                         help="classify at most this many faces per frame, largest first "
                              f"(default {faces_mod.MAX_FACES})")
@@ -600,20 +595,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--detector", choices=list(faces_mod.DETECTORS),
                         help=f"face detector (default {faces_mod.default_detector()})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_protocol_arguments(parser)
+    add_model_arguments(parser)
     args = parser.parse_args(argv)
     if args.every < 1:
         parser.error("--every must be 1 or more")
     if args.smooth < 0:
         parser.error("--smooth must be 0 (off) or a positive number of seconds")
     csv_path = args.csv if args.csv or args.out else f"{Path(args.input).stem}.timeline.csv"
-    try:
-        predictor = load_predictor(args.checkpoint, args.run_dir)
-    except (NoCheckpointError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    predictor = predictor_from_args(args)
+    if predictor is None:
         return 2
-    apply_protocol_arguments(predictor, args)
-    print(predictor.describe().replace("`", ""), file=sys.stderr)
     try:
         summary = process_video(args.input, predictor, args.out, csv_path, every=args.every, smooth_s=args.smooth,
                                 max_faces=args.max_faces, detect_side=args.detect_side, detector=args.detector,

@@ -81,7 +81,7 @@ display(Markdown(
 if predictor is None:
     display(Markdown(demo.models_markdown(models, problems)))
 else:
-    display(Markdown(demo.models_markdown(models, problems)))
+    display(Markdown(predictor.describe(for_page=True)))
     annotated, csv_path = out_dir / "annotated.mp4", out_dir / "timeline.csv"
     summary = video.process_video(clip_path, predictor, annotated, csv_path, progress=False)
     rows = video.read_timeline(csv_path)

@@ -60,7 +60,8 @@ def export_run(run_dir: str | Path, out: str | Path = BUNDLED_CHECKPOINT) -> Pat
 
 
 def main(argv=None, prog: str | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=prog or "python -m fer_utils.app.export", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=prog or "python -m fer_utils.app.export",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="a finished, evaluated run folder, e.g. runs/fer2013")
     parser.add_argument("--out", default=str(BUNDLED_CHECKPOINT), help="default: the bundled model's path")
     args = parser.parse_args(argv)

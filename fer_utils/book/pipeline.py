@@ -330,7 +330,8 @@ def build_book(run_dirs: list[Path]) -> Path:
 
 
 def main(argv=None, prog: str | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=prog or "python -m fer_utils.book.pipeline", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=prog or "python -m fer_utils.book.pipeline",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("params", nargs="+", type=Path, help="params YAML files (one run each)")
     parser.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                         help="override a parameter (repeatable)")

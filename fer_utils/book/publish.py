@@ -76,7 +76,8 @@ def publish(html: Path = HTML_DIR, out: Path = OUT_DIR) -> Path:
 
 
 def main(argv=None, prog: str | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=prog or "python -m fer_utils.book.publish", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=prog or "python -m fer_utils.book.publish",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--html", type=Path, default=HTML_DIR, help="the built book (default: _build/html)")
     parser.add_argument("--out", type=Path, default=OUT_DIR, help="output folder (default: _build/publish)")
     args = parser.parse_args(argv)

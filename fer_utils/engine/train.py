@@ -396,7 +396,8 @@ def fit(params: dict, data: Dataset | None = None, run_dir: str | Path | None = 
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
-    parser = argparse.ArgumentParser(prog=prog or "python -m fer_utils.engine.train", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=prog or "python -m fer_utils.engine.train",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("params", nargs="?", help="params YAML file (keys not given take their defaults)")
     parser.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                         help="override one parameter (repeatable), e.g. -p lr=1e-3")

@@ -5,7 +5,7 @@
     fer predict photo.jpg                   emotions of the faces in photos (app.predict)
     fer video clip.mp4 --out annotated.mp4  emotions over time of the faces in a video (app.video)
     fer demo                                the upload demo as a Voila app (app.demo)
-    fer export runs/fer2013                 a run's best checkpoint as a bundled model (app.export)
+    fer export runs/ferplus --model ferplus a run's best checkpoint as a bundled model (app.export)
     fer publish                             the built book as an offline site (book.publish)
     fer synthetic --out DIR                 generate the built-in synthetic dataset (data.synthetic)
 

@@ -54,3 +54,50 @@ def summary(y_true, y_pred, num_classes: int) -> dict:
         absent_classes=sorted(set(range(num_classes)) - set(np.unique(y_true).tolist())),
         n=int(y_true.size),
     )
+
+
+# -- valence and arousal --------------------------------------------------------
+
+VA_NAMES = ("valence", "arousal")
+VA_SCORES = tuple(f"{name}_{score}" for name in VA_NAMES for score in ("ccc", "rmse"))  # valence_arousal_scores'
+
+
+def ccc(y_true, y_pred, weight=None, eps: float = 0.0):
+    """Lin's concordance correlation coefficient of two equally long vectors (numpy arrays or torch tensors;
+    the result is of the same kind, so training's loss and the reported score share this one definition):
+
+        CCC = 2 cov(t, p) / (var(t) + var(p) + (mean(t) - mean(p))^2)
+
+    with population (1/n) moments, as Lin (1989) defines it. 1 means p equals t, -1 means p = 2 mean(t) - t
+    (the mirror image), 0 no agreement. Unlike Pearson's r it also penalises a shift or a rescaling of the
+    predictions, which is why AffectNet's valence/arousal results are reported with it. Undefined (NaN)
+    when the denominator is 0 (both constant and equal).
+
+    `weight` (same kind and length; e.g. 0 for a face without an annotation, whose value must then be
+    finite) makes every moment a weighted mean; `eps`, added to every divisor, keeps a set of total weight
+    0 finite (CCC 0). Training's loss needs both (`engine.train.va_loss`); scores use neither."""
+    def mean(v):
+        return v.mean() if weight is None else (weight * v).sum() / (weight.sum() + eps)
+
+    mt, mp = mean(y_true), mean(y_pred)
+    dt, dp = y_true - mt, y_pred - mp
+    return 2 * mean(dt * dp) / (mean(dt * dt) + mean(dp * dp) + (mt - mp) ** 2 + eps)
+
+
+def valence_arousal_scores(y_true, y_pred) -> dict:
+    """CCC and RMSE of predicted valence and arousal: `y_true`, `y_pred` (N, 2) in VA_NAMES order; rows with a
+    NaN annotation are left out of that dimension's scores (not every face is annotated). Keys:
+    valence_ccc, valence_rmse, arousal_ccc, arousal_rmse, va_n (faces with both annotations)."""
+    y_true, y_pred = np.asarray(y_true, np.float64), np.asarray(y_pred, np.float64)
+    if y_true.shape != y_pred.shape or y_true.ndim != 2 or y_true.shape[1] != len(VA_NAMES):
+        raise ValueError(f"valence/arousal need (N, 2) arrays; got {y_true.shape} and {y_pred.shape}")
+    out = {}
+    for i, name in enumerate(VA_NAMES):
+        known = ~np.isnan(y_true[:, i])
+        if not known.any():
+            raise ValueError(f"no face has a {name} annotation: nothing to score")
+        t, p = y_true[known, i], y_pred[known, i]
+        out[f"{name}_ccc"] = float(ccc(t, p))
+        out[f"{name}_rmse"] = float(np.sqrt(np.mean((t - p) ** 2)))
+    out["va_n"] = int((~np.isnan(y_true).any(1)).sum())
+    return out

@@ -66,10 +66,11 @@ display(Markdown(
 # when augmentation is strong. The dashed line marks the best epoch.
 
 # %% tags=["remove-input"]
-objective = ", ".join(["cross-entropy" + (" weighted by class" if params["imbalance"] == "weighted_loss" else "")]
-                      + ([f"label smoothing {params['label_smoothing']:g}"] if params["label_smoothing"] else [])
-                      + ([f"+ L1 {params['l1']:g}"] if params["l1"] else [])) + ", augmented batches"
-figures.training_curves(history, best, train_loss=objective).show()
+figures.training_curves(history, best, train_loss=train.objective(params)).show()
+if params["ema"]:
+    display(Markdown(f"Validation scores the moving average of the weights (decay {params['ema']:g}), which is "
+                     "also what `best.pt` holds and the evaluation chapter scores; the train loss is the trained "
+                     "weights'."))
 
 # %% [markdown]
 # ## Train-validation gap

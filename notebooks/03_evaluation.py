@@ -33,7 +33,7 @@ overrides = {}
 # %% tags=["remove-cell"]
 from IPython.display import Markdown, display
 
-from fer_utils.analysis import evaluate, figures
+from fer_utils.analysis import cross_dataset, evaluate, figures
 from fer_utils.book import notebook
 from fer_utils.data.datasets import open_dataset
 from fer_utils.engine.runtime import select_device
@@ -215,6 +215,37 @@ else:
 display(Markdown(text))
 
 # %% [markdown]
+# ## Valence and arousal
+#
+# Where the data annotate each face's valence (unpleasant to pleasant) and
+# arousal (calm to excited), a model trained with `va_weight` > 0 predicts both
+# with a second head on the features the classifier reads. Each is scored with
+# Lin's concordance correlation coefficient (CCC: 1 = the annotations exactly,
+# 0 = no agreement; the measure of published AffectNet results) and the root
+# mean squared error (RMSE), beside the RMSE of always answering the training
+# split's mean.
+
+# %% tags=["remove-input"]
+va, va_table = evaluated["valence_arousal"], evaluate.valence_arousal_table(summaries)
+if len(va_table):
+    display(va_table.style.format({c: "{:.3f}" for c in va_table.columns if c not in ("split", "faces")})
+            .hide(axis="index"))
+    s = results[report]["summary"]
+    display(Markdown(
+        f"On **{named(report)}** ({s['va_n']:,} annotated faces) the model's valence has CCC "
+        f"**{s['valence_ccc']:.3f}** and RMSE {s['valence_rmse']:.3f} (always the training mean: "
+        f"{s['valence_rmse_mean_guess']:.3f}); its arousal CCC **{s['arousal_ccc']:.3f}** and RMSE "
+        f"{s['arousal_rmse']:.3f} (always the mean: {s['arousal_rmse_mean_guess']:.3f})."))
+elif va["annotated"]:
+    display(Markdown("*These faces are annotated with valence and arousal, but the checkpoint has no head that "
+                     "predicts them (it was trained with `va_weight` = 0), so they are not scored here.*"))
+elif va["head"]:
+    display(Markdown(f"*The checkpoint predicts valence and arousal, but {named(report)} has no annotations of "
+                     "them to score its answers against.*"))
+else:
+    display(Markdown(f"*This format ({ds.format}) has no valence or arousal annotations.*"))
+
+# %% [markdown]
 # ## Confusion matrices
 #
 # Rows are the true emotion, columns the model's answer. Left: image counts.
@@ -270,3 +301,20 @@ for split in shown:
                    f"*{r.emotion}* ({r.f1:.2f}, {r.support:,} image{'' if r.support == 1 else 's'})"
                    for r in low.itertuples()) + ".")
     display(Markdown(weakest + "".join(f" *{r.emotion}*: {r.note}." for r in t.itertuples() if r.note)))
+
+# %% [markdown]
+# ## On another dataset
+#
+# The report split comes from the data the model was trained on: same
+# cameras, same annotators. Another dataset's faces show how much of the skill
+# carries over. Its classes are matched to the model's by name; the rules for
+# the classes only one side has are stated below with the numbers.
+
+# %% tags=["remove-input"]
+cross = cross_dataset.run(params, run_dir, select_device(params["device"])) if params["eval_dataset"] else None
+display(Markdown(cross_dataset.describe(cross)))
+if cross is not None:
+    figures.confusion_matrices(cross_dataset.confusion_frame(cross), title=(
+        f"Confusion matrix, {cross['dataset']} {cross['split']}: the shared classes (rows) against every answer "
+        f"of the model (columns)")).show()
+    display(cross_dataset.class_table(cross).style.format(dict(recall="{:.1%}"), na_rep="–").hide(axis="index"))

@@ -34,7 +34,7 @@ from IPython.display import Markdown, display
 
 from fer_utils.analysis import calibration, evaluate, figures, saliency
 from fer_utils.book import notebook
-from fer_utils.data.datasets import open_dataset
+from fer_utils.data.datasets import landmarks, open_dataset
 from fer_utils.data.images import load_split
 from fer_utils.engine.runtime import select_device
 
@@ -274,8 +274,8 @@ if ds.format == "synthetic":
     order = frame["location"].to_numpy()
     maps, methods = saliency.saliency(model, x[[index[loc] for loc in order]],
                                       [classes.index(c) for c in frame["predicted"]], device, flip=tta)
-    landmarks = ds.frame.set_index("location").loc[order, "landmarks"].tolist()
-    regions = saliency.region_summary(saliency.region_shares(maps, landmarks, source_size=params["synthetic_size"]),
+    regions = saliency.region_summary(saliency.region_shares(maps, landmarks(ds, order),
+                                                             source_size=params["synthetic_size"]),
                                       frame["true"], classes)
     display(Markdown(f"Share of each Grad-CAM map on the mouth and the eyes, per true class, {named} "
                      f"({int(regions['images'].sum()):,} images with a non-empty map):"))

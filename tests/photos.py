@@ -58,7 +58,7 @@ FER2013_CLASSES = ["neutral", "happy", "sad", "surprise", "fear", "disgust", "an
 
 
 def tiny_checkpoint(path, dataset: str = "folders", model: str = "resnet", width: int = 4, seed: int = 0,
-                    channels: int = 1, image_size: int = 48):
+                    channels: int = 1, image_size: int = 48, classes=FER2013_CLASSES, valence_arousal: bool = False):
     """An untrained checkpoint in the training engine's own format (create_model + save_checkpoint)."""
     import torch
 
@@ -67,13 +67,13 @@ def tiny_checkpoint(path, dataset: str = "folders", model: str = "resnet", width
     from fer_utils.engine.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 
     torch.manual_seed(seed)
-    net = create_model(model, len(FER2013_CLASSES), channels, image_size, width=width)
+    net = create_model(model, len(classes), channels, image_size, width=width, valence_arousal=valence_arousal)
     params = dict(DEFAULTS, dataset=dataset, model=model, width=width, run_name="tiny", epochs=1, channels=channels,
                   image_size=image_size)
     history = dict(epoch=[1], train_loss=[1.9], train_accuracy=[0.2], val_loss=[1.9], val_accuracy=[0.2],
                    val_balanced_accuracy=[0.15], val_macro_f1=[0.1], lr=[0.0], epoch_time_s=[1.0],
                    train_images_per_s=[100.0])
     save_checkpoint(dict(format=CHECKPOINT_FORMAT, model_config=net.config, model=net.state_dict(), params=params,
-                         classes=FER2013_CLASSES, fingerprint="tiny", epoch=1, best_epoch=1, best_metric=0.1,
+                         classes=list(classes), fingerprint="tiny", epoch=1, best_epoch=1, best_metric=0.1,
                          history=history, finished=True), path)
     return path

@@ -9,8 +9,8 @@ import pytest
 
 from conftest import FER_DATA_DIR, face
 from fer_utils.data import labels, splits
-from fer_utils.data.datasets import (DataError, fingerprint, open_dataset, read_affectnet_csv, read_affectnet_mini,
-                                read_fer2013_csv, read_ferplus, read_folders)
+from fer_utils.data.datasets import (DataError, fingerprint, landmarks, manifest_bytes, open_dataset,
+                                read_affectnet_csv, read_affectnet_mini, read_fer2013_csv, read_ferplus, read_folders)
 from fer_utils.data.explore import class_counts, majority_baseline
 from fer_utils.data.images import load_split
 from fer_utils.config.params import resolve
@@ -80,7 +80,8 @@ def test_affectnet_mini_drops_non_emotions_and_unknown_ids(affectnet_mini):
     assert reasons == ["label outside the known set: 12", "not an emotion: 10 (no-face)",
                        "not an emotion: 8 (none)", "not an emotion: 9 (uncertain)"]
     row = ds.frame.iloc[0]
-    assert row["valence"] == 0.25 and row["arousal"] == -0.5 and row["landmarks"].shape == (68, 2)
+    assert row["valence"] == 0.25 and row["arousal"] == -0.5
+    assert landmarks(ds, [row["location"]])[0].shape == (68, 2)
 
 
 def test_affectnet_csv_crops_to_face_box(affectnet_csv):
@@ -88,6 +89,7 @@ def test_affectnet_csv_crops_to_face_box(affectnet_csv):
     assert ds.classes == ("neutral", "happy", "sad", "surprise", "anger", "contempt")
     assert sorted(ds.skipped["reason"]) == ["file not found", "not an emotion: 8 (none)"]
     ds.fingerprint = fingerprint(ds)
+    assert all((points == 10.0).all() and points.shape == (68, 2) for points in landmarks(ds, ds.frame["location"]))
     from fer_utils.data.images import open_image
     assert open_image(ds, ds.frame.iloc[0]).size == (20, 24)
     x, _, _ = load_split(ds, "val", 32, channels=3, cache=False)
@@ -270,4 +272,17 @@ def test_synthetic_output_read_back_by_affectnet_mini_reader(tmp_path):
     assert set(ds.split("test")["clean_label"].value_counts()) == {2}
     noisy = (ds.frame["label"] != ds.frame["clean_label"]).mean()
     assert 0.15 < noisy < 0.31  # 456 faces, noise 0.23: the 99.9% binomial interval is about 0.16-0.30
-    assert ds.frame["valence"].between(-1, 1).all() and ds.frame["landmarks"].map(len).eq(68).all()
+    assert ds.frame["valence"].between(-1, 1).all()
+
+
+def test_manifest_takes_under_256_bytes_an_image_and_landmarks_read_back_as_annotated(tmp_path):
+    """Per-row landmark arrays made the manifest about 800 bytes an image (1.6 KiB of the process's memory):
+    at 50,000 images more than the decoding added. Landmarks are read from the annotations when asked."""
+    from fer_utils.data import synthetic
+    root = synthetic.generate(tmp_path / "syn", n_train=300, n_val=0, size=32, seed=1, n_test=0)
+    ds = read_affectnet_mini(root, fmt="synthetic")
+    assert manifest_bytes(ds.frame) / len(ds.frame) < 256
+    shuffled = ds.frame["location"].sample(frac=1.0, random_state=0).tolist()
+    for location, points in zip(shuffled, landmarks(ds, shuffled), strict=True):
+        text = str(np.load(root / location.replace("images", "annotations").replace(".jpg", "_lnd.npy")))
+        assert points.dtype == np.float32 and np.array_equal(points.ravel(), np.array(text.split(";"), np.float32))

@@ -129,6 +129,27 @@ def test_one_scoring_definition_with_its_macro_f1_label_sets():
         metrics.scores(y, pred, f1_over="all")
 
 
+def test_ccc_is_lins_coefficient_for_numpy_and_torch_and_va_scores_skip_unannotated_faces():
+    t, p = np.array([1.0, 2.0, 3.0, 4.0]), np.array([2.0, 2.0, 3.0, 5.0])
+    # By hand: means 2.5 and 3, cov 1.25, variances 1.25 and 1.5 (1/n), shift 0.25: 2 * 1.25 / 3.
+    assert metrics.ccc(t, p) == pytest.approx(2.5 / 3)
+    assert metrics.ccc(torch.as_tensor(t), torch.as_tensor(p)).item() == pytest.approx(2.5 / 3)
+    assert metrics.ccc(t, t) == pytest.approx(1) and metrics.ccc(t, 2 * t.mean() - t) == pytest.approx(-1)
+    assert metrics.ccc(t, t + 1) < 1 and metrics.ccc(t, 2 * t) < 1  # a shift or a rescaling costs, unlike Pearson's r
+    w = np.array([1.0, 1.0, 0.0, 1.0])  # weighted (training's loss): a face of weight 0 does not count
+    assert metrics.ccc(t, p, w) == pytest.approx(metrics.ccc(t[w > 0], p[w > 0]))
+    assert metrics.ccc(t, p, np.zeros(4), eps=1e-6) == 0  # nothing to score, yet finite
+    true = np.array([[0.5, 0.1], [np.nan, np.nan], [-0.5, 0.3], [0.0, -0.4]])
+    pred = np.array([[0.4, 0.0], [0.9, 0.9], [-0.6, 0.2], [0.1, -0.2]])
+    s = metrics.valence_arousal_scores(true, pred)
+    known = [0, 2, 3]
+    assert s["va_n"] == 3 and set(s) == {*metrics.VA_SCORES, "va_n"}
+    assert s["valence_ccc"] == pytest.approx(metrics.ccc(true[known, 0], pred[known, 0]))
+    assert s["arousal_rmse"] == pytest.approx(np.sqrt(np.mean((true[known, 1] - pred[known, 1]) ** 2)))
+    with pytest.raises(ValueError, match="no face has a valence annotation"):
+        metrics.valence_arousal_scores(np.full((2, 2), np.nan), pred[:2])
+
+
 def test_metrics_table_rows_for_the_front_page_and_the_model_card():
     m = dict(n=3589, accuracy=0.6234, balanced_accuracy=0.5812, macro_f1=0.5723, accuracy_ci=[0.61, 0.64],
              majority_class="happy", majority_balanced_accuracy=1 / 7, protocol="PublicTest")
@@ -355,6 +376,9 @@ def test_headline_is_the_report_split_choices_come_from_val_and_the_original_is_
     assert "published" in saved["test_original"]["role"]
     assert saved["test"]["n"] == 16 and saved["test_original"]["n"] == 18 and saved["val"]["n"] == len(ds.split("val"))
     assert saved["checkpoint"]["report_split"] == "test"
+    # Folder data annotate no valence/arousal and the model has no head: nothing about them anywhere.
+    assert result["valence_arousal"] == dict(head=False, annotated=False)
+    assert not set(saved["test"]) & {*metrics.VA_SCORES, "va_n"} and len(evaluate.valence_arousal_table(result["summaries"])) == 0
     model, ckpt = evaluate.load_for_evaluation(params, run_dir, ds)
     plain, flipped = (evaluate.predict_split(model, ckpt, ds, "val", 64, flip=f)[0] for f in (False, True))
     assert saved["checkpoint"]["tta_flip"] == result["tta"] == evaluate.decide_tta(plain, flipped, None, 20, 0)
@@ -369,3 +393,44 @@ def test_headline_is_the_report_split_choices_come_from_val_and_the_original_is_
 
     forced = evaluate.run(dict(params, tta_flip=True), ds, run_dir, "cpu")
     assert forced["tta"]["used"] and forced["summaries"][0]["tta"] and "mirror" in forced["summaries"][0]["protocol"]
+
+
+def test_valence_arousal_head_learns_on_synthetic_faces_and_the_evaluation_scores_it(tmp_path, one_thread):
+    """Synthetic faces carry valence and arousal: a model trained with va_weight > 0 predicts them, the
+    evaluation writes CCC and RMSE per split to metrics.json and the predicted values to the predictions, and
+    the head has learned (on the faces it was trained on: on 240 faces, unseen ones are noise). A model
+    without the head on the same data is stated, not scored."""
+    params = resolve(None, dict(dataset="synthetic", data_dir=str(tmp_path / "data"), synthetic_n_train=240,
+                                synthetic_n_val=32, synthetic_n_test=32, synthetic_size=32, image_size=32,
+                                model="regularized_cnn", width=8, epochs=8, batch_size=16, va_weight=1.0, bootstrap=20,
+                                ablation="", checkpoint="last"))  # the epoch that trained longest
+    ds = open_dataset(params)
+    run_dir = tmp_path / "run"
+    train.fit(params, ds, run_dir)
+    result = evaluate.run(params, ds, run_dir, "cpu")
+    assert result["valence_arousal"] == dict(head=True, annotated=True)
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    for split in ("test", "val"):
+        assert saved[split]["va_n"] == len(ds.split(split))
+        assert all(np.isfinite(saved[split][k]) for k in (*metrics.VA_SCORES, *evaluate.VA_GUESSES))
+    assert list(evaluate.valence_arousal_table(result["summaries"])["split"]) == ["test", "val"]
+    test = evaluate.load_predictions(run_dir, "test")
+    assert test[["predicted_valence", "predicted_arousal"]].abs().to_numpy().max() <= 1
+
+    model, ckpt = evaluate.load_for_evaluation(params, run_dir, ds)
+    seen = evaluate.predict_split(model, ckpt, ds, "train")[0]
+    true = ds.frame.set_index("location").loc[seen["location"], ["valence", "arousal"]].to_numpy(np.float64)
+    pred = seen[["predicted_valence", "predicted_arousal"]].to_numpy()
+    rmse, always_the_mean = np.sqrt(((pred - true) ** 2).mean(0)), true.std(0)
+    assert (rmse < 0.8 * always_the_mean).all(), (rmse, always_the_mean)
+    assert min(metrics.ccc(true[:, i], pred[:, i]) for i in range(2)) > 0.5
+
+    plain = create_model("regularized_cnn", len(ds.classes), 1, 32, 8)  # the same data, a checkpoint without the head
+    other = tmp_path / "plain"
+    other.mkdir()
+    checkpoint.save_checkpoint({**{k: v for k, v in ckpt.items() if k not in ("path", "notes")},
+                                "model_config": plain.config, "model": plain.state_dict()}, other / "last.pt")
+    result = evaluate.run(params, ds, other, "cpu")
+    assert result["valence_arousal"] == dict(head=False, annotated=True)
+    assert "va_n" not in json.loads((other / "metrics.json").read_text())["test"]
+    assert "predicted_valence" not in evaluate.load_predictions(other, "test")

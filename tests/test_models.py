@@ -1,6 +1,7 @@
 """Model factory: output shapes, topology promises, architecture versions, offline-only pretrained weights."""
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 
@@ -9,10 +10,10 @@ import torch
 from torch import nn
 from torchvision.ops import DropBlock2d
 
-from fer_utils.engine.checkpoint import load_model
+from fer_utils.engine.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, load_model, save_checkpoint
 from fer_utils.engine.models import (MODELS, SHORTCUTS, StridedPointwise, create_model, model_from_config,
-                                     resnet18_weights_path)
-from fer_utils.app.predict import BUNDLED_CHECKPOINT
+                                     resnet18_weights_path, valence_arousal)
+from fer_utils.app.predict import BUNDLED_MODELS
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -154,7 +155,7 @@ def test_architecture_version_is_recorded_and_old_configs_rebuild_the_legacy_one
 def test_bundled_checkpoint_rebuilds_the_legacy_resnet():
     """The bundled model predates the versions: it must compute what it did when it was trained. The
     logits were recorded with the code before the versions existed (same to ~1e-6 across CPUs)."""
-    model, ckpt = load_model(BUNDLED_CHECKPOINT)
+    model, ckpt = load_model(BUNDLED_MODELS["fer2013"])
     assert "shortcut" not in ckpt["model_config"] and model.config["shortcut"] == "strided"
     x = torch.rand(2, 1, 48, 48, generator=torch.Generator().manual_seed(0)) * 2 - 1
     with torch.no_grad():
@@ -162,6 +163,40 @@ def test_bundled_checkpoint_rebuilds_the_legacy_resnet():
     recorded = torch.tensor([[-1.5525, 0.11335, -0.32404, -0.88809, -1.46232, -2.10577, 1.86594],
                              [-1.40208, 0.39789, -0.07873, -0.97178, -1.9523, -1.72438, 1.0718]])
     torch.testing.assert_close(logits, recorded, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_valence_arousal_head_leaves_the_logits_alone_and_is_rebuilt_from_the_config(name, tmp_path):
+    x = torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    torch.manual_seed(0)
+    plain = create_model(name, 5, 1, 32, 8).eval()
+    torch.manual_seed(0)
+    headed = create_model(name, 5, 1, 32, 8, valence_arousal=True).eval()
+    assert "valence_arousal" not in plain.config and headed.config["valence_arousal"] is True
+    with torch.no_grad():
+        assert torch.equal(plain(x), headed(x))  # the head draws no random numbers and changes no logit
+        assert valence_arousal(plain) is None and valence_arousal(headed).shape == (3, 2)
+    paths = {}
+    for key, model in (("plain", plain), ("headed", headed)):
+        with torch.no_grad():  # weights that give answers other than the initial zeros
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.1)
+        paths[key] = tmp_path / f"{key}.pt"
+        save_checkpoint(dict(format=CHECKPOINT_FORMAT, model_config=model.config, model=model.state_dict(),
+                             classes=list("abcde")), paths[key])
+    # A checkpoint written before the head existed (no key in its config) rebuilds the same model, bit for bit.
+    rebuilt, _ = load_model(paths["plain"])
+    assert rebuilt.config == plain.config and rebuilt.state_dict().keys() == plain.state_dict().keys()
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), plain(x)) and valence_arousal(rebuilt) is None
+        rebuilt, _ = load_model(paths["headed"])
+        assert torch.equal(rebuilt(x), headed(x))
+        assert torch.equal(valence_arousal(rebuilt), valence_arousal(headed))
+        assert 0 < valence_arousal(rebuilt).abs().max() <= 1
+    headed.train()(x)  # an output with its autograd graph: the EMA's copy must not carry it
+    assert valence_arousal(copy.deepcopy(headed)) is None
+    with pytest.raises(CheckpointError, match="valence_arousal expected False, found True"):
+        load_checkpoint(paths["headed"], create_model(name, 5, 1, 32, 8))
 
 
 @pytest.mark.parametrize("shortcut", SHORTCUTS)

@@ -17,8 +17,8 @@ from photos import FACE, FER2013_CLASSES, astronaut, encode, face_tiles, iou, no
 
 REPO = Path(__file__).resolve().parent.parent
 needs_bundled = pytest.mark.skipif(
-    not predict.BUNDLED_CHECKPOINT.is_file(),
-    reason=f"the bundled model {predict.BUNDLED_CHECKPOINT.relative_to(REPO)} is not in this checkout")
+    not all(path.is_file() for path in predict.BUNDLED_MODELS.values()),
+    reason="a bundled model of predict.BUNDLED_MODELS is not in this checkout")
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_given_checkpoint_is_used(tiny, predictor):
 
 
 def test_run_checkpoint_wins_over_the_bundled_one(tmp_path, tiny, monkeypatch):
-    monkeypatch.setattr(predict, "BUNDLED_CHECKPOINT", tiny)
+    monkeypatch.setattr(predict, "BUNDLED_MODELS", {"ferplus": tiny})
     run = tmp_path / "runs" / "x"
     run.mkdir(parents=True)
     assert predict.load_predictor(run_dir=run).source == "bundled"  # no best.pt in the run yet
@@ -65,7 +65,7 @@ def test_run_checkpoint_wins_over_the_bundled_one(tmp_path, tiny, monkeypatch):
 
 
 def test_no_checkpoint_anywhere_says_where_it_looked(tmp_path, monkeypatch):
-    monkeypatch.setattr(predict, "BUNDLED_CHECKPOINT", tmp_path / "weights" / "none.pt")
+    monkeypatch.setattr(predict, "BUNDLED_MODELS", {"ferplus": tmp_path / "weights" / "none.pt"})
     with pytest.raises(predict.NoCheckpointError, match="none.pt"):
         predict.load_predictor(run_dir=tmp_path)
     with pytest.raises(predict.NoCheckpointError, match="no checkpoint at"):
@@ -231,21 +231,55 @@ def test_cli_no_detect_and_exit_codes(tiny, photo_dir, tmp_path, monkeypatch):
     assert missing.returncode == 2 and "no checkpoint at" in missing.stderr and missing.stdout == ""
 
 
+def test_valence_and_arousal_are_answered_only_by_a_model_with_that_head(tmp_path, tiny, predictor, photo_dir):
+    from fer_utils.app import demo
+
+    headed = tiny_checkpoint(tmp_path / "va.pt", valence_arousal=True)
+    proc = _cli(photo_dir / "astronaut.png", "--checkpoint", headed, "--no-detect")
+    assert proc.returncode == 0, proc.stderr
+    line, = [json.loads(text) for text in proc.stdout.splitlines()]
+    assert list(line)[5:8] == ["probabilities", "valence", "arousal"]  # the face's answers together
+    assert -1 <= line["valence"] <= 1 and -1 <= line["arousal"] <= 1
+    _check_face_line({k: v for k, v in line.items() if k not in ("valence", "arousal")}, str(photo_dir / "astronaut.png"))
+    face, = predict.predict_image(astronaut(), predict.load_predictor(headed), detect=False)
+    assert demo.valence_arousal_text(face) == ", valence {:+.2f}, arousal {:+.2f}".format(*face.valence_arousal)
+    assert "and valence and arousal" in predict.load_predictor(headed).describe()
+    # Without the head: nothing extra anywhere (the JSON keys are checked exactly in _check_face_line).
+    plain, = predict.predict_image(astronaut(), predictor, detect=False)
+    assert plain.valence_arousal is None and demo.valence_arousal_text(plain) == ""
+    assert "valence" not in predict.json_lines("a.png", predict.ImagePrediction(astronaut(), [plain], 1))[0]
+    assert "valence" not in predictor.describe()
+
+
 # -- the bundled model ----------------------------------------------------------------
 
 @needs_bundled
-def test_bundled_model_loads_and_predicts():
-    p = predict.load_predictor()
-    assert p.source == "bundled" and p.warning() is None
-    assert p.checkpoint["params"]["dataset"] != "synthetic"
-    result = predict.predict_image(astronaut(), p)
-    assert len(result) == 1 and sum(result[0].probabilities.values()) == pytest.approx(1)
+def test_the_default_is_the_8_class_model_and_each_bundled_model_can_be_chosen():
+    default = predict.load_predictor()
+    assert default.source == "bundled" and default.path == predict.BUNDLED_MODELS["ferplus"]
+    assert len(default.classes) == 8 and "contempt" in default.classes  # AffectNet's label set
+    for name, path in predict.BUNDLED_MODELS.items():
+        chosen = predict.load_predictor(bundled=name)
+        assert chosen.path == path and chosen.source == "bundled" and chosen.warning() is None
+        assert chosen.checkpoint["params"]["dataset"] != "synthetic"
+    with pytest.raises(predict.NoCheckpointError, match="no bundled model 'affectnet'; bundled models: ferplus"):
+        predict.load_predictor(bundled="affectnet")
 
 
 @needs_bundled
-def test_bundled_model_sees_the_smiling_astronaut_as_happy():
-    result = predict.predict_image(astronaut(), predict.load_predictor())
+@pytest.mark.parametrize("name", list(predict.BUNDLED_MODELS))
+def test_every_bundled_model_sees_the_smiling_astronaut_as_happy(name):
+    result = predict.predict_image(astronaut(), predict.load_predictor(bundled=name))
+    assert len(result) == 1 and sum(result[0].probabilities.values()) == pytest.approx(1)
     assert result[0].label == "happy", result[0].probabilities
+
+
+@needs_bundled
+def test_cli_chooses_a_bundled_model_by_name(photo_dir):
+    proc = _cli(photo_dir / "astronaut.png", "--model", "fer2013")
+    assert proc.returncode == 0 and len(json.loads(proc.stdout)["probabilities"]) == 7
+    assert f"Using the bundled model, {predict.BUNDLED_MODELS['fer2013']}" in proc.stderr
+    assert _cli(photo_dir / "astronaut.png", "--model", "nope").returncode == 2
 
 
 @needs_bundled

@@ -422,3 +422,139 @@ def test_224px_rgb_trains_through_the_disk_backed_cache_with_workers(tmp_path, m
     assert torch.load(out["last_checkpoint"], weights_only=True)["finished"]
     cached = sorted(p.name.split(".", 1)[1] for p in (tmp_path / "decoded").glob("*-224-3.*"))
     assert cached == ["lock", "lock", "meta.npz", "meta.npz", "npy", "npy"]
+
+
+# -- weight averaging and soft labels -----------------------------------------
+
+def test_ema_is_what_is_validated_saved_and_resumed_exactly(data_root, tmp_path, monkeypatch):
+    params = make_params(data_root, ema=0.9, aug_flip=True)
+    whole = fit(params, tmp_path / "whole")
+    last = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
+    # The checkpoint's model is the average (what evaluation loads), distinct from the trained weights.
+    assert not state_dicts_equal(last["model"], last["train_model"])
+    assert last["ema_steps"] == 3 * 3  # 44 images / 16 per batch = 3 steps per epoch
+    model = create_model("resnet", len(CLASSES), 1, 32, 8)
+    model.load_state_dict(last["model"])
+    val = train.validate(model, *images.load_split(open_dataset(params), "val", 32)[:2], len(CLASSES),
+                         torch.device("cpu"))
+    assert val["macro_f1"] == pytest.approx(whole["history"]["val_macro_f1"].iloc[-1])
+
+    real_prepare, calls = transforms.prepare_batch, [0]
+
+    def interrupted(x, params=None, g=None, **kw):
+        if g is not None:
+            calls[0] += 1
+            if calls[0] == 8:  # in epoch 3
+                raise KeyboardInterrupt
+        return real_prepare(x, params, g, **kw)
+
+    monkeypatch.setattr(train, "prepare_batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fit(params, tmp_path / "resumed")
+    monkeypatch.setattr(train, "prepare_batch", real_prepare)
+    resumed = train.fit(params, open_dataset(params), tmp_path / "resumed", resume=True)
+    pd.testing.assert_frame_equal(whole["history"][METRIC_COLUMNS], resumed["history"][METRIC_COLUMNS])
+    again = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
+    assert state_dicts_equal(last["model"], again["model"])
+    assert state_dicts_equal(last["train_model"], again["train_model"])
+
+
+def test_soft_labels_train_on_the_vote_distribution_and_need_votes(data_root, tmp_path):
+    root = tmp_path / "ferplus"
+    rows = []
+    for split, folder in (("train", "FER2013Train"), ("val", "FER2013Test")):
+        for c, name in enumerate(CLASSES):
+            for j, src in enumerate(sorted((data_root / split / name).glob("*.png"))):
+                (root / folder).mkdir(parents=True, exist_ok=True)
+                location = f"{folder}/{name}_{j}.png"
+                (root / location).write_bytes(src.read_bytes())
+                votes = dict.fromkeys(CLASSES, 0)
+                votes[name], votes[CLASSES[(c + 1) % 4]] = 7, 3  # a clear majority and a second opinion
+                rows.append(dict(path=location, **votes))
+    pd.DataFrame(rows).to_csv(root / "ferplus_votes.csv", index=False)
+    params = make_params(root, dataset="ferplus", soft_labels=True, selection_fraction=0.25, epochs=2)
+    data = open_dataset(params)
+    run = train.prepare_run(params, data, tmp_path / "run", resume=False)
+    arrays = train.load_arrays(run)
+    # Each face's target is its own vote shares, in the decoded order, with the label as its arg-max.
+    assert arrays.y_target.shape == (len(arrays.y_train), len(data.classes))
+    np.testing.assert_allclose(arrays.y_target.sum(1), 1, rtol=1e-6)
+    assert (arrays.y_target.argmax(1) == arrays.y_train).all()
+    assert sorted(set(np.round(arrays.y_target.max(1), 6))) == [0.7]
+    out = train.fit(params, data, tmp_path / "run")
+    assert len(out["history"]) == 2 and np.isfinite(out["history"]["train_loss"]).all()
+    # Soft and hard targets train differently.
+    hard = train.fit({**params, "soft_labels": False}, open_dataset(params), tmp_path / "hard")
+    assert not np.allclose(out["history"]["train_loss"], hard["history"]["train_loss"])
+    with pytest.raises(train.DataError, match="soft_labels=true needs a vote distribution.*only FER\\+"):
+        train.fit(make_params(data_root, soft_labels=True), None, tmp_path / "folders")
+
+
+# -- valence and arousal ----------------------------------------------------------
+
+def test_va_loss_is_one_minus_ccc_over_the_annotated_faces_with_finite_gradients_in_any_batch():
+    target = torch.tensor([[0.2, 0.1], [0.6, -0.2], [float("nan"), float("nan")], [-0.1, 0.4]])
+    pred = torch.tensor([[0.1, 0.2], [0.5, -0.3], [0.9, 0.9], [0.3, 0.3]])
+    known = [0, 1, 3]
+    expected = sum(1 - metrics.ccc(target[known, i], pred[known, i]) for i in range(2))
+    assert train.va_loss(pred, target).item() == pytest.approx(expected.item(), abs=1e-4)  # up to its eps
+    # No annotated face; the zero-initialised head's constant answers: finite loss and gradients.
+    for target, value in ((torch.full((4, 2), float("nan")), 0.0), (target.nan_to_num(0.3), 2.0)):
+        pred = torch.zeros(4, 2, requires_grad=True)
+        loss = train.va_loss(pred, target)
+        loss.backward()
+        assert loss.item() == pytest.approx(value) and torch.isfinite(pred.grad).all()
+
+
+def test_valence_arousal_targets_ride_the_label_batches_on_both_paths_and_need_annotations(data_root, tmp_path):
+    x = np.arange(10 * 4, dtype=np.uint8).reshape(10, 1, 2, 2)
+    y = np.arange(10, dtype=np.int64)
+    va = torch.stack([torch.arange(10.0), -torch.arange(10.0)], 1)
+    batches = sampling.batch_indices(sampling.epoch_order(y, 10, dict(seed=0, imbalance="none"), 1), 4)
+    cpu = torch.device("cpu")
+    in_memory = list(sampling.iterate_batches(torch.from_numpy(x), torch.from_numpy(y), batches, cpu, 0, va))
+    with_workers = list(sampling.iterate_batches(x, y, batches, cpu, 1, va))  # the BatchLoader path
+    for got in (in_memory, with_workers):
+        assert len(got) == len(batches)
+        for (xb, yb, vb), b in zip(got, batches):
+            assert torch.equal(yb, b) and torch.equal(vb, va[b]) and torch.equal(xb, torch.from_numpy(x[b.numpy()]))
+    # Folder data have no valence/arousal: one clear error, before anything is decoded or written.
+    with pytest.raises(train.DataError, match="va_weight > 0 trains a valence/arousal head, which needs valence and "
+                                              "arousal annotations; the 'folders' dataset has none in its train and "
+                                              "val split .*: set va_weight=0"):
+        train.fit(make_params(data_root, va_weight=1.0), None, tmp_path / "folders")
+    assert not (tmp_path / "folders").exists()
+
+
+def test_valence_arousal_head_is_logged_saved_and_resumed_exactly(tmp_path, monkeypatch):
+    params = resolve(None, dict(dataset="synthetic", data_dir=str(tmp_path / "data"), synthetic_n_train=48,
+                                synthetic_n_val=16, synthetic_n_test=8, synthetic_size=32, image_size=32, model="resnet",
+                                width=8, epochs=2, batch_size=16, va_weight=0.5, ema=0.9, aug_flip=True, device="cpu"))
+    whole = fit(params, tmp_path / "whole")
+    history = pd.read_csv(tmp_path / "whole" / "history.csv")
+    assert list(history.columns) == [*train.HISTORY_COLUMNS, *train.VA_HISTORY_COLUMNS]
+    assert np.isfinite(history[list(train.VA_HISTORY_COLUMNS)].to_numpy()).all()
+    assert set(train.VA_HISTORY_COLUMNS) <= set(whole["best_metrics"])
+    model, ckpt = checkpoint.load_model(whole["best_checkpoint"])
+    assert ckpt["model_config"]["valence_arousal"] and models.valence_arousal(model) is None
+    model(torch.zeros(2, 1, 32, 32))
+    assert models.valence_arousal(model).shape == (2, 2)
+
+    real_prepare, calls = transforms.prepare_batch, [0]
+
+    def interrupted(x, params=None, g=None, **kw):
+        if g is not None:
+            calls[0] += 1
+            if calls[0] == 5:  # epoch 2 of 3 steps each
+                raise KeyboardInterrupt
+        return real_prepare(x, params, g, **kw)
+
+    monkeypatch.setattr(train, "prepare_batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fit(params, tmp_path / "resumed")
+    monkeypatch.setattr(train, "prepare_batch", real_prepare)
+    resumed = train.fit(params, open_dataset(params), tmp_path / "resumed", resume=True)
+    columns = METRIC_COLUMNS + list(train.VA_HISTORY_COLUMNS)
+    pd.testing.assert_frame_equal(whole["history"][columns], resumed["history"][columns])
+    a, b = (torch.load(tmp_path / run / "last.pt", weights_only=True) for run in ("whole", "resumed"))
+    assert state_dicts_equal(a["model"], b["model"]) and state_dicts_equal(a["train_model"], b["train_model"])

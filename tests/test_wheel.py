@@ -28,6 +28,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name as normalise
 
+from fer_utils.app.predict import BUNDLED_MODELS
+
 REPO = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 
@@ -120,7 +122,7 @@ def test_wheel_ships_every_module_the_bundled_weights_and_the_fer_command(wheel)
     sources = {p.relative_to(REPO).as_posix() for p in (REPO / "fer_utils").rglob("*.py")
                if "__pycache__" not in p.parts}
     assert sources - names == set()
-    assert "fer_utils/weights/fer2013_resnet.pt" in names
+    assert {f"fer_utils/weights/{path.name}" for path in BUNDLED_MODELS.values()} <= names
     dist_info = "-".join(wheel.name.split("-")[:2]) + ".dist-info"
     entry_points = zipfile.ZipFile(wheel).read(f"{dist_info}/entry_points.txt").decode()
     assert "fer = fer_utils.cli:main" in entry_points
@@ -134,7 +136,7 @@ def test_installed_wheel_finds_the_happy_astronaut_with_its_own_bundled_weights(
     assert len(lines) == 1, proc.stdout
     assert lines[0]["detected"] and lines[0]["label"] == "happy"
     # stderr names the checkpoint: the bundled one, inside the venv's copy of the package
-    bundled = user["site"] / "fer_utils" / "weights" / "fer2013_resnet.pt"
+    bundled = user["site"] / "fer_utils" / "weights" / BUNDLED_MODELS["ferplus"].name
     assert f"Using the bundled model, {bundled}:" in proc.stderr, proc.stderr
 
 

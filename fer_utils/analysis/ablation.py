@@ -4,23 +4,66 @@ Each variant is trained for `ablation_epochs` with each of `ablation_seeds` seed
 runs/<run>/ablation/<variant>/seed<seed>/ by the same engine as the main model, so a
 finished variant is reused on the next build. Everything is scored on the selection
 split (val): the ablation is itself a choice of recipe, so the report split (test)
-stays out of it.
+stays out of it. On the CPU the rungs train side by side, one process of one thread
+each (`fit_jobs`).
 """
 from __future__ import annotations
 
+import io
+import multiprocessing
+import os
+import signal
+import sys
+import traceback
+from multiprocessing.connection import wait
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ..config.ladder import VARIANTS, changes_between, variant_names, variant_params, variant_seeds
+from ..data import images
 from ..data.datasets import Dataset
-from ..data.images import load_split
 from ..engine import train
 from ..engine.checkpoint import load_model
-from ..engine.runtime import TrainingError, select_device
+from ..engine.runtime import TrainingError, log, select_device
 from ..metrics import scores
 from . import evaluate
+
+
+class Job(NamedTuple):
+    """One training of the ablation: a variant with one seed (its params), into its own folder."""
+    variant: str
+    seed: int
+    params: dict
+    out: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.variant} seed {self.seed}"
+
+
+class _LinesToParent(io.TextIOBase):
+    """A worker's stdout and stderr: each whole line goes to the parent, tagged with the job's name, and the
+    parent prints it. So the lines of workers side by side stay readable and say whose they are, and in a
+    notebook they go through the kernel's own stream like the parent's (ipykernel would also echo a
+    child's own writes to the terminal). It is no terminal, so tqdm leaves its per-step bar off."""
+
+    def __init__(self, conn):
+        self.conn, self.tag, self.pending = conn, "", ""
+
+    def write(self, text: str) -> int:
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in lines:
+            self.conn.send(("line", f"[{self.tag}] {line}"))
+        return len(text)
+
+    def flush(self) -> None:
+        if self.pending:
+            self.conn.send(("line", f"[{self.tag}] {self.pending}"))
+            self.pending = ""
 
 
 def rarest_classes(ds: Dataset, n: int = 2) -> list[str]:
@@ -30,36 +73,155 @@ def rarest_classes(ds: Dataset, n: int = 2) -> list[str]:
     return [ds.classes[c] for c in counts.sort_values(kind="stable").index if c in in_val][:n]
 
 
+def _fit(job: Job, ds: Dataset) -> dict | TrainingError:
+    """train.fit's result, or the TrainingError (NaN loss, out of memory) that stopped it."""
+    try:
+        return train.fit(job.params, ds, job.out)
+    except TrainingError as err:
+        return err
+
+
+def _worker(ds: Dataset, cache_dir: Path, conn) -> None:
+    """A worker's life: with one torch thread, train each job the parent sends until it sends None, and
+    answer each with ("done", fit or TrainingError) or ("crashed", the traceback), after its ("line", text)
+    messages. A spawned process starts from the modules' defaults, so the decoded-image cache folder that
+    the parent built (a test's or a benchmark's own, too) comes explicitly."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops every worker
+    sys.stdout = sys.stderr = lines = _LinesToParent(conn)
+    torch.set_num_threads(1)
+    images.CACHE_DIR = cache_dir
+    for job in iter(conn.recv, None):
+        lines.tag = job.name
+        try:
+            answer = ("done", _fit(job, ds))
+        except Exception:
+            answer = ("crashed", traceback.format_exc())
+        lines.flush()
+        conn.send(answer)
+
+
+def _answer(process, conn) -> tuple | None:
+    """A busy worker's answer, once it has one ("died" if it ended without one), printing the lines it sent
+    before; None while it is still at work."""
+    alive = process.is_alive()  # before reading: a worker that answered and then ended is read, not lost
+    try:
+        while conn.poll():
+            kind, value = conn.recv()
+            if kind != "line":
+                return kind, value
+            log(value)
+    except EOFError:
+        return "died", None
+    return None if alive else ("died", None)
+
+
+def _fit_in_workers(jobs: list[Job], ds: Dataset, workers: int) -> list[dict | TrainingError]:
+    """fit_jobs with workers > 0: start the workers (each pays torch's import once, not once per job), hand
+    each idle one the next job, and collect their answers."""
+    for size, channels in {(job.params["image_size"], job.params["channels"]) for job in jobs}:
+        for split in ("train", "val"):  # built here, once: the workers only read the cache
+            images.load_split(ds, split, size, channels)
+    workers = min(workers, len(jobs))
+    log(f"training {len(jobs)} ablation runs side by side in {workers} processes of one thread each")
+    context = multiprocessing.get_context("spawn")
+    outcomes: list = [None] * len(jobs)
+    queued, idle, busy = list(range(len(jobs))), [], {}  # busy: (process, connection) -> its job's index
+    try:
+        for _ in range(workers):
+            conn, child = context.Pipe()
+            process = context.Process(target=_worker, args=(ds, images.CACHE_DIR, child), name="ablation worker")
+            process.start()
+            child.close()  # the worker holds the only other end: its end, however it comes, wakes the wait
+            idle.append((process, conn))
+        while queued or busy:
+            while queued and idle:
+                worker, i = idle.pop(), queued.pop(0)
+                worker[1].send(jobs[i])
+                busy[worker] = i
+            wait([handle for process, conn in busy for handle in (conn, process.sentinel)])
+            for worker, i in list(busy.items()):
+                answer = _answer(*worker)
+                if answer is None:
+                    continue
+                kind, value = answer
+                if kind == "crashed":
+                    raise RuntimeError(f"ablation run {jobs[i].name} failed in its worker process:\n{value}")
+                if kind != "done":
+                    worker[0].join()
+                    raise RuntimeError(f"the worker process training ablation run {jobs[i].name} ended (exit "
+                                       f"code {worker[0].exitcode}) without a result")
+                outcomes[i] = value
+                del busy[worker]
+                idle.append(worker)
+        for process, conn in idle:
+            conn.send(None)
+            process.join()
+    finally:  # an error, or Ctrl-C: stop every worker still there (a job keeps its last.pt and resumes next run)
+        for process, conn in idle + list(busy):
+            process.terminate()
+            process.join()
+            conn.close()
+    return outcomes
+
+
+def fit_jobs(jobs: list[Job], ds: Dataset, workers: int = 0) -> list[dict | TrainingError]:
+    """Train every job (train.fit: a finished checkpoint for the same params is reused, an unfinished one
+    resumed); each entry is its fit, or the TrainingError (NaN loss, out of memory) that stopped it, and
+    the other jobs still train.
+
+    workers=0: one after another in this process, with its threads: on CUDA or MPS the jobs would only
+    share the one device. workers > 0 (the CPU): side by side in `workers` processes (no more than the
+    jobs), each with ONE torch thread. These models are too small to keep several threads busy: two
+    one-thread processes train 1.27x as many images/s in total as one process of two threads (small
+    ResNet, batch 128, 48 px, 2 cores: 1068 vs 840). And one thread per job makes its weights independent
+    of the machine's core count: the same as training it alone with one thread (test_ablation checks that
+    they are equal). The workers are spawned, not forked (forking a process whose torch already runs
+    threads can deadlock), and get the params, the Dataset and the folders by pickling; the decoded-image
+    cache is built here first, so they never race to build it. An unexpected exception in a worker, or a
+    worker that dies, is raised here with the job's name, and Ctrl-C stops every worker.
+    """
+    return _fit_in_workers(jobs, ds, workers) if workers > 0 else [_fit(job, ds) for job in jobs]
+
+
+def _workers(device: torch.device) -> int:
+    """fit_jobs' workers on `device`: none on CUDA or MPS; on the CPU one per core this process may use."""
+    if device.type != "cpu":
+        return 0
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def run(params: dict, ds: Dataset, run_dir: str | Path) -> list[dict]:
-    """Train (or reuse) every variant with every seed; score each best checkpoint on val and on train.
+    """Train (or reuse) every variant with every seed (`fit_jobs`); score each best checkpoint on val and on
+    train.
 
     Train is scored like val: the model in eval mode, the images without augmentation, so the train-val
     gap measures overfitting, not the augmentation's difficulty or dropout. Predictions go to
     predictions_train.csv and predictions_val.csv beside each checkpoint. A variant whose training fails
     (NaN loss, out of memory) is reported in its result's `error` and the others still run; nothing
     already trained is lost. Each result: variant, change, error, run_dirs, fits, train, val (lists, one
-    entry per seed that trained).
+    entry per seed that trained, up to the first that failed).
     """
     root = Path(run_dir) / "ablation"
     device = select_device(params["device"])
-    images = {split: load_split(ds, split, params["image_size"], params["channels"]) for split in ("train", "val")}
+    decoded = {split: images.load_split(ds, split, params["image_size"], params["channels"])
+               for split in ("train", "val")}
+    jobs = [Job(name, seed, variant_params(params, name, seed), root / name / f"seed{seed}")
+            for name in variant_names(params) for seed in variant_seeds(params)]
+    fits = fit_jobs(jobs, ds, _workers(device))
     results = []
     for name in variant_names(params):
         result = dict(variant=name, change=VARIANTS[name].change, error=None, run_dirs=[], fits=[], train=[],
                       val=[])
-        for seed in variant_seeds(params):
-            out = root / name / f"seed{seed}"
-            result["run_dirs"].append(out)
-            try:
-                fit = train.fit(variant_params(params, name, seed), ds, out)
-            except TrainingError as err:
-                result["error"] = f"seed {seed}: {err}"
+        for job, fit in ((job, fit) for job, fit in zip(jobs, fits) if job.variant == name):
+            result["run_dirs"].append(job.out)
+            if isinstance(fit, TrainingError):
+                result["error"] = f"seed {job.seed}: {fit}"
                 break
-            model, _ = load_model(out / "best.pt", device)
-            for split, (x, y, locations) in images.items():
+            model, _ = load_model(job.out / "best.pt", device)
+            for split, (x, y, locations) in decoded.items():
                 probs = evaluate.predict(model, x, 2 * params["batch_size"], device, params["amp"])
                 frame = evaluate.predictions_frame(locations, y, probs, ds.classes)
-                evaluate.save_predictions(frame, out, split)
+                evaluate.save_predictions(frame, job.out, split)
                 result[split].append(frame)
             result["fits"].append(fit)
         results.append(result)

@@ -42,11 +42,13 @@ from ..engine import inference
 from ..engine.checkpoint import CheckpointError, load_model
 from ..engine.runtime import amp_dtype as select_amp_dtype
 from ..engine.runtime import select_device, unwrap_model
+from ..engine.train import has_valence_arousal
 from ..engine.transforms import prepare_batch
-from ..metrics import scores
+from ..metrics import VA_NAMES, VA_SCORES, scores, valence_arousal_scores
 from ..paths import REPO_ROOT, atomic_write, write_text
 
 BALANCED_RATIO = 1.1  # a split is "balanced" when its largest class is at most 10% above its smallest
+VA_GUESSES = tuple(f"{name}_rmse_mean_guess" for name in VA_NAMES)  # valence_arousal_summary
 
 
 def is_balanced(counts) -> bool:
@@ -59,27 +61,32 @@ def is_balanced(counts) -> bool:
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, x_uint8, batch_size: int = 256, device="cpu", amp: bool = False,
-            return_logits: bool = False, flip: bool = False):
+            return_logits: bool = False, flip: bool = False, return_va: bool = False):
     """Class probabilities (N, K) float64 numpy for uint8 images (N, C, H, W), tensor or numpy.
 
     Images are normalised exactly as in training (`engine.transforms.prepare_batch`, no augmentation).
     flip=True: test-time augmentation, the logits of each image and its mirror image averaged.
-    With return_logits=True returns (probs, logits).
+    With return_logits=True and/or return_va=True returns a tuple: probs, then the logits, then the
+    predicted valence and arousal ((N, 2) float64; None for a model without the head).
     """
     device = select_device(device) if isinstance(device, str) else torch.device(device)
     model = model.to(device).eval()
     x = torch.as_tensor(x_uint8)
     amp_dtype = select_amp_dtype(device, amp)
-    chunks = []
+    chunks, va_chunks = [], []
     for start in range(0, len(x), batch_size):
         xb = x[start:start + batch_size].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = inference.logits(model, prepare_batch(xb), flip)
+            logits, va = inference.forward(model, prepare_batch(xb), flip)
         chunks.append(logits.cpu())
+        if va is not None:
+            va_chunks.append(va.cpu())
     num_classes = _num_classes(model)
     logits = torch.cat(chunks).double() if chunks else torch.zeros((0, num_classes), dtype=torch.float64)
     probs = torch.softmax(logits, 1).numpy()
-    return (probs, logits.numpy()) if return_logits else probs
+    extra = ([logits.numpy()] if return_logits else []) + (
+        [torch.cat(va_chunks).double().numpy() if va_chunks else None] if return_va else [])
+    return (probs, *extra) if extra else probs
 
 
 def _num_classes(model) -> int:
@@ -87,8 +94,9 @@ def _num_classes(model) -> int:
     return int(config["num_classes"]) if config else 0
 
 
-def predictions_frame(locations, y_true, probs: np.ndarray, classes) -> pd.DataFrame:
-    """One row per image: location, true, predicted (class names), confidence, prob_<class> per class."""
+def predictions_frame(locations, y_true, probs: np.ndarray, classes, va: np.ndarray | None = None) -> pd.DataFrame:
+    """One row per image: location, true, predicted (class names), confidence, prob_<class> per class, and
+    with `va` (a valence/arousal head's (N, 2) output) predicted_valence, predicted_arousal."""
     classes = list(classes)
     probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim != 2 or probs.shape[1] != len(classes):
@@ -103,6 +111,9 @@ def predictions_frame(locations, y_true, probs: np.ndarray, classes) -> pd.DataF
                               confidence=probs.max(1) if len(probs) else [],))
     for i, c in enumerate(classes):
         frame[f"prob_{c}"] = probs[:, i]
+    if va is not None:
+        for i, name in enumerate(VA_NAMES):
+            frame[f"predicted_{name}"] = np.asarray(va, dtype=np.float64)[:, i]
     return frame
 
 
@@ -344,7 +355,8 @@ def headline(summary: dict) -> dict:
     keys = ("n", "accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "accuracy_ci", "balanced_accuracy_ci",
             "macro_f1_ci", "majority_class", "majority_accuracy", "majority_balanced_accuracy", "majority_macro_f1",
             "balanced", "absent_classes", "f1_extra_classes", "protocol")
-    optional = ("role", "tta", "clean_accuracy", "label_agreement")  # set by `run`, not by split_summary
+    optional = ("role", "tta", "clean_accuracy", "label_agreement", *VA_SCORES, "va_n",
+                *VA_GUESSES)  # set by `run`, not by split_summary
     return {k: (list(summary[k]) if isinstance(summary[k], tuple) else summary[k])
             for k in keys + tuple(k for k in optional if k in summary)}
 
@@ -417,8 +429,8 @@ def predict_split(model, ckpt: dict, ds: Dataset, split: str, batch_size: int = 
 
     config = ckpt["model_config"]
     x, y, locations = load_split(ds, split, config["image_size"], config["in_channels"])
-    probs = predict(model, x, batch_size, device, amp, flip=flip)
-    return predictions_frame(locations, y, probs, ds.classes), x, y, locations
+    probs, va = predict(model, x, batch_size, device, amp, flip=flip, return_va=True)
+    return predictions_frame(locations, y, probs, ds.classes, va), x, y, locations
 
 
 def load_faces(ds: Dataset, locations, size: int = 96) -> list[np.ndarray]:
@@ -494,10 +506,40 @@ def clean_label_scores(ds: Dataset, frame: pd.DataFrame) -> dict:
                 label_agreement=float((frame["true"] == clean).mean()))
 
 
+def valence_arousal_summary(ds: Dataset, frame: pd.DataFrame) -> dict:
+    """A predictions frame's valence and arousal against the dataset's annotations of its faces: CCC, RMSE
+    and va_n (`metrics.valence_arousal_scores`), and <name>_rmse_mean_guess, the RMSE of always answering
+    the train split's mean (the regression's majority guess; its CCC is 0). {} when the frame has no
+    predicted valence/arousal (a model without the head) or none of its faces is annotated."""
+    predicted = [f"predicted_{name}" for name in VA_NAMES]
+    if not all(c in frame for c in predicted) or not all(name in ds.frame for name in VA_NAMES):
+        return {}
+    rows = ds.frame.set_index("location")
+    true = np.column_stack([frame["location"].map(rows[name]).to_numpy(np.float64) for name in VA_NAMES])
+    if np.isnan(true).all(0).any():
+        return {}
+    train = ds.split("train" if "train" in ds.splits else ds.splits[0])
+    guesses = {}
+    for i, (name, key) in enumerate(zip(VA_NAMES, VA_GUESSES)):
+        known = ~np.isnan(true[:, i])
+        guesses[key] = float(np.sqrt(np.mean((true[known, i] - train[name].mean()) ** 2)))
+    return {**valence_arousal_scores(true, frame[predicted].to_numpy(np.float64)), **guesses}
+
+
+def valence_arousal_table(summaries: list[dict]) -> pd.DataFrame:
+    """One row per split whose summary scores valence and arousal (for display): faces, then per dimension
+    CCC, RMSE and the mean guess's RMSE. Empty when none does."""
+    rows = [dict(split=s["split"], faces=s["va_n"],
+                 **{f"{name} {what}": s[f"{name}_{key}"] for name in VA_NAMES
+                    for what, key in (("CCC", "ccc"), ("RMSE", "rmse"), ("RMSE of the mean", "rmse_mean_guess"))})
+            for s in summaries if "va_n" in s]
+    return pd.DataFrame(rows)
+
+
 def _scored(frame: pd.DataFrame, ds: Dataset, majority: str, params: dict, split: str, tta: bool) -> dict:
     summary = split_summary(frame["true"], frame["predicted"], ds.classes, majority, params["bootstrap"],
                             params["seed"], split)
-    summary.update(role=ROLE[split], tta=tta, **clean_label_scores(ds, frame))
+    summary.update(role=ROLE[split], tta=tta, **clean_label_scores(ds, frame), **valence_arousal_summary(ds, frame))
     if tta:
         summary["protocol"] += TTA_NOTE
     return dict(frame=frame, summary=summary, table=per_class_table(frame["true"], frame["predicted"], ds.classes),
@@ -514,9 +556,11 @@ def run(params: dict, ds: Dataset, run_dir, device) -> dict:
 
     ckpt (the loaded checkpoint), per_split ({split: frame, summary, table (per_class_table), cm
     (confusion)}: test, test_original when there are duplicates, val), summaries, table (summary_table),
-    tta (the decision), reported (what training logged on val for the checkpoint's epoch, or None) and
+    tta (the decision), reported (what training logged on val for the checkpoint's epoch, or None),
     recomputed (the same three scores recomputed from the val predictions under training's protocol, no
-    test-time augmentation)."""
+    test-time augmentation) and valence_arousal (head: whether the model predicts valence and arousal;
+    annotated: whether the report split has them; each split's summary then holds their scores:
+    `valence_arousal_summary`)."""
     model, ckpt = load_for_evaluation(params, run_dir, ds, device)
     majority = train_majority(ds)
     batch, amp = 2 * params["batch_size"], params["amp"]
@@ -539,7 +583,9 @@ def run(params: dict, ds: Dataset, run_dir, device) -> dict:
         selected_by="val macro-F1 (selection split)", model=ckpt["model_config"]["name"],
         report_split="test" if "test" in per_split else "val", tta_flip=tta))
     return dict(ckpt=ckpt, per_split=per_split, summaries=summaries, table=summary_table(summaries), tta=tta,
-                reported=reported_by_training(ckpt), recomputed=scores(plain["true"], plain["predicted"]))
+                reported=reported_by_training(ckpt), recomputed=scores(plain["true"], plain["predicted"]),
+                valence_arousal=dict(head=bool(ckpt["model_config"].get("valence_arousal")),
+                                     annotated=has_valence_arousal(ds, "test" if "test" in per_split else "val")))
 
 
 # -- metrics.json on a page ---------------------------------------------------------

@@ -103,11 +103,11 @@ def emotion_colors(names) -> dict[str, str]:
 
 def confusion_matrices(cm: pd.DataFrame, title: str = "Confusion matrix") -> go.Figure:
     """Two panels: counts (left) and row-normalised shares = recall on the diagonal (right).
-    `cm`: rows true class, columns predicted class (evaluate.confusion). A class with no images shows an
-    empty row on the right, said so in the hover."""
+    `cm`: rows true class, columns predicted class (evaluate.confusion; cross_dataset.confusion_frame has
+    fewer rows than columns). A class with no images shows an empty row on the right, said so in the hover."""
     from plotly.subplots import make_subplots
 
-    classes = [str(c) for c in cm.index]
+    classes, predicted = [str(c) for c in cm.index], [str(c) for c in cm.columns]
     counts = cm.to_numpy()
     totals = counts.sum(1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -120,10 +120,10 @@ def confusion_matrices(cm: pd.DataFrame, title: str = "Confusion matrix") -> go.
                         subplot_titles=("Counts", "Share of each true class (row-normalised: diagonal = recall)"))
     hover = ("true <b>%{y}</b>, predicted <b>%{x}</b><br>%{z:,} images (%{customdata[1]})"
              "<br>%{customdata[0]:,} images of this true class<extra></extra>")
-    fig.add_trace(go.Heatmap(z=counts, x=classes, y=classes, colorscale="Blues", showscale=False,
+    fig.add_trace(go.Heatmap(z=counts, x=predicted, y=classes, colorscale="Blues", showscale=False,
                              text=counts.astype(str), texttemplate="%{text}", customdata=custom,
                              hovertemplate=hover), row=1, col=1)
-    fig.add_trace(go.Heatmap(z=shares, x=classes, y=classes, colorscale="Blues", zmin=0, zmax=1, showscale=False,
+    fig.add_trace(go.Heatmap(z=shares, x=predicted, y=classes, colorscale="Blues", zmin=0, zmax=1, showscale=False,
                              text=share_text, texttemplate="%{text}", customdata=custom,
                              hovertemplate=hover.replace("%{z:,} images", "%{z:.1%}")), row=1, col=2)
     fig.update_yaxes(autorange="reversed", title_text="true class", row=1, col=1)

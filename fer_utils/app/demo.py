@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..analysis import figures
 from ..engine.checkpoint import CheckpointError
-from ..paths import CACHE_DIR, NOTEBOOK_DIR, display_path
+from ..paths import CACHE_DIR, NOTEBOOK_DIR, WEIGHTS_DIR, display_path
 from . import predict
 from .faces import MAX_PIXELS, ImageError
 
@@ -40,27 +40,27 @@ def sample_photo() -> bytes:
 # -- choosing the model -------------------------------------------------------------
 
 def load_models(run_dir=None) -> tuple[dict, list[str]]:
-    """Predictors to offer: {"run": this run's best.pt, "bundled": the package's model}, whichever load,
-    the default first; and messages for those that exist but could not be loaded.
+    """Predictors to offer: {"run": this run's best.pt, then each bundled model by name (predict.BUNDLED_MODELS,
+    the 8-class FER+ one first)}, whichever load, the default first; and messages for those that exist but
+    could not be loaded.
 
     The run's model is the default only when it was trained on real faces: a model of the synthetic
-    cartoon faces answers real photos at random, so the bundled model goes first then."""
+    cartoon faces answers real photos at random, so the bundled models go first then."""
 
     models, problems = {}, []
-    candidates = []
+    candidates = {}
     if run_dir is not None and (Path(run_dir) / "best.pt").is_file():
-        candidates.append(("run", Path(run_dir) / "best.pt"))
-    if predict.BUNDLED_CHECKPOINT.is_file():
-        candidates.append(("bundled", predict.BUNDLED_CHECKPOINT))
-    for source, path in candidates:
+        candidates["run"] = Path(run_dir) / "best.pt"
+    candidates.update(predict.bundled_checkpoints())
+    for key, path in candidates.items():
         try:
             predictor = predict.load_predictor(path)
         except (CheckpointError, OSError) as err:
             problems.append(f"{display_path(path)} could not be loaded: {err}")
             continue
-        predictor.source = source
-        models[source] = predictor
-    real_first = sorted(models, key=lambda source: models[source].warning() is not None)  # stable: run, bundled
+        predictor.source = "run" if key == "run" else "bundled"
+        models[key] = predictor
+    real_first = sorted(models, key=lambda key: models[key].warning() is not None)  # stable: run, bundled
     return {source: models[source] for source in real_first}, problems
 
 
@@ -70,7 +70,7 @@ def models_markdown(models: dict, problems: list[str]) -> str:
     lines = []
     if not models:
         lines.append("**No model is available**, so the demo cannot classify faces: there is no checkpoint of "
-                     f"this run (`best.pt`) and no bundled model (`{display_path(predict.BUNDLED_CHECKPOINT)}`). "
+                     f"this run (`best.pt`) and no bundled model (`{display_path(WEIGHTS_DIR)}`). "
                      "Train one with `make book PARAMS=params/fer2013.yaml`.")
     for i, predictor in enumerate(models.values()):
         lines.append(("" if i == 0 else "Also available (choose it below): ") + predictor.describe(for_page=True))
@@ -86,15 +86,23 @@ def _percent(p: float) -> str:
     return f"{p:.0%}"
 
 
+def valence_arousal_text(face) -> str:
+    """", valence +0.42, arousal -0.10" for a face from a model with a valence/arousal head, else ""."""
+    if face.valence_arousal is None:
+        return ""
+    return ", valence {:+.2f}, arousal {:+.2f}".format(*face.valence_arousal)
+
+
 def show_result(name: str, result, title_prefix: str = "") -> None:
     """Display one photo's answer in the current output: messages, the photo with numbered face boxes,
-    then per face the crop the model saw and its class probabilities."""
+    then per face the crop the model saw and its class probabilities (and valence and arousal, when the
+    model predicts them)."""
     import numpy as np
     from IPython.display import HTML, display
 
 
     faces = result.faces
-    summary = "; ".join(f"face {i}: <b>{f.label}</b> ({_percent(f.probabilities[f.label])})"
+    summary = "; ".join(f"face {i}: <b>{f.label}</b> ({_percent(f.probabilities[f.label])}{valence_arousal_text(f)})"
                         for i, f in enumerate(faces, 1))
     display(HTML(f'<div class="fer-result"><h3>{title_prefix}{html.escape(name)}</h3>'
                  f'<p class="fer-summary">{len(faces)} face{"s" if len(faces) != 1 else ""} classified: {summary}.</p>'
@@ -105,7 +113,8 @@ def show_result(name: str, result, title_prefix: str = "") -> None:
     for i, face in enumerate(faces, 1):
         where = "whole image" if not face.detected else "box x={}, y={}, w={}, h={}".format(*face.box)
         figures.face_probabilities(face.crop, face.probabilities,
-                                   f"Face {i}: {face.label} ({_percent(face.probabilities[face.label])}), {where}"
+                                   f"Face {i}: {face.label} ({_percent(face.probabilities[face.label])}"
+                                   f"{valence_arousal_text(face)}), {where}"
                                    ).show()
 
 
@@ -132,7 +141,7 @@ class DemoApp:
                                     indent=False, layout=w.Layout(width="max-content"))
         self.sample = w.Button(description="Try the sample photo", icon="user", layout=w.Layout(width="auto"),
                                tooltip="scikit-image's astronaut photo (ships with scikit-image)")
-        self.choice = w.ToggleButtons(options=[("this run's model" if k == "run" else "bundled model", k)
+        self.choice = w.ToggleButtons(options=[("this run's model" if k == "run" else f"bundled {k} model", k)
                                                for k in models], description="Model:")
         self.status = w.HTML()
         self.output = w.Output()

@@ -1,6 +1,7 @@
 """Export a run's checkpoint for shipping: the weights and what describes them, nothing machine-specific.
 
-    python -m fer_utils.app.export runs/fer2013 [--out fer_utils/weights/fer2013_resnet.pt]
+    fer export runs/ferplus --model ferplus      # replaces the bundled model of that name
+    fer export runs/x --out x.pt
 
 The exported file keeps what predicting and the model card need (model config and weights, classes,
 params, history, best epoch, data fingerprint) plus the evaluation chapter's validation scores and the
@@ -16,14 +17,14 @@ from pathlib import Path
 
 from ..analysis import evaluate
 from ..engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .predict import BUNDLED_CHECKPOINT
+from .predict import BUNDLED_MODELS
 
 KEEP = ("format", "model_config", "model", "classes", "params", "history", "epoch", "best_epoch", "best_metric",
         "fingerprint")
 PROVENANCE = ("run_name", "dataset", "data_fingerprint", "images", "git_commit", "device", "python", "packages")
 
 
-def export_run(run_dir: str | Path, out: str | Path = BUNDLED_CHECKPOINT) -> Path:
+def export_run(run_dir: str | Path, out: str | Path) -> Path:
     """runs/<run>/best.pt (+ metrics.json, predictions_val.csv, provenance.json) -> one small checkpoint."""
     run_dir, out = Path(run_dir), Path(out)
     last = load_checkpoint(run_dir / "last.pt")
@@ -63,10 +64,12 @@ def main(argv=None, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(prog=prog or "python -m fer_utils.app.export",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="a finished, evaluated run folder, e.g. runs/fer2013")
-    parser.add_argument("--out", default=str(BUNDLED_CHECKPOINT), help="default: the bundled model's path")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--model", choices=list(BUNDLED_MODELS), help="replace this bundled model")
+    where.add_argument("--out", help="write the exported checkpoint here")
     args = parser.parse_args(argv)
     try:
-        out = export_run(args.run_dir, args.out)
+        out = export_run(args.run_dir, BUNDLED_MODELS[args.model] if args.model else args.out)
     except (CheckpointError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -1,15 +1,18 @@
 """Emotions of the faces in a photo, from a trained checkpoint.
 
-    fer predict IMAGE... [--checkpoint C | --run-dir RUN] [--no-detect] [--max-faces N] [--no-tta | --tta]
+    fer predict IMAGE... [--model NAME | --checkpoint C | --run-dir RUN] [--no-detect] [--max-faces N]
+                         [--no-tta | --tta]
 
 prints one JSON line per face:
     {"file": ..., "face": 1, "box": [x, y, w, h], "detected": true, "label": "happy",
      "probabilities": {"neutral": 0.02, "happy": 0.91, ...}, "notes": []}
-and, for a file that cannot be read, a line {"file": ..., "error": "..."}; the other files are
+(with "valence" and "arousal", each in [-1, 1], after "probabilities" when the model has a
+valence/arousal head) and, for a file that cannot be read, a line {"file": ..., "error": "..."}; the other files are
 still processed and the exit status is 1 at the end. Which checkpoint was used goes to stderr.
 
-Which model: an explicit checkpoint; else the run's best.pt (`run_dir`) when it exists; else the
-model bundled with the package (BUNDLED_CHECKPOINT). `load_predictor` says which it took.
+Which model: an explicit checkpoint; else the run's best.pt (`run_dir`) when it exists; else a
+model bundled with the package (BUNDLED_MODELS: the one named, or the first there is, the 8-class
+FER+ model). `load_predictor` says which it took.
 Protocol: the one the model's evaluation reported as its headline (flip test-time augmentation or
 one pass per face), so users get the numbers the book shows; --no-tta / --tta override it.
 """
@@ -32,9 +35,10 @@ from ..paths import WEIGHTS_DIR, display_path
 from . import faces as faces_mod
 from .faces import ImageError
 
-# The model shipped with the package: a small state_dict checkpoint trained by this project's own
-# pipeline on real FER2013/FER+ faces (see the model card chapter). It may be absent in a checkout.
-BUNDLED_CHECKPOINT = WEIGHTS_DIR / "fer2013_resnet.pt"
+# The models shipped with the package, the default first: small state_dict checkpoints trained by this
+# project's own pipeline on real faces (one card each in the model card chapter). FER+ has AffectNet's 8
+# classes, contempt included; FER2013 has 7. A checkout may lack them.
+BUNDLED_MODELS = {"ferplus": WEIGHTS_DIR / "ferplus_resnet.pt", "fer2013": WEIGHTS_DIR / "fer2013_resnet.pt"}
 
 
 class NoCheckpointError(FileNotFoundError):
@@ -69,7 +73,8 @@ class Predictor:
         cfg = self.checkpoint["model_config"]
         path = display_path(self.path) if for_page else self.path
         text = (f"Using {where}, `{path}`: {cfg['name']} (width {cfg['width']}), trained on "
-                f"{self.dataset} ({len(self.classes)} classes: {', '.join(self.classes)}), "
+                f"{self.dataset} ({len(self.classes)} classes: {', '.join(self.classes)}"
+                + (", and valence and arousal" if cfg.get("valence_arousal") else "") + "), "
                 f"{self.image_size}x{self.image_size} {'grayscale' if self.channels == 1 else 'RGB'} faces; "
                 + ("each face averaged with its mirror image (flip TTA)" if self.tta else "one pass per face"))
         best = self.best_metrics()
@@ -96,19 +101,33 @@ class Predictor:
         return {k: v[i] for k, v in history.items() if k.startswith("val_") or k == "epoch"}
 
 
-def find_checkpoint(checkpoint=None, run_dir=None) -> tuple[Path, str]:
-    """(path, source): `checkpoint` if given; else run_dir/best.pt if it exists; else the bundled one."""
+def bundled_checkpoints() -> dict[str, Path]:
+    """The bundled models this installation has, by name, the default first."""
+    return {name: path for name, path in BUNDLED_MODELS.items() if path.is_file()}
+
+
+def find_checkpoint(checkpoint=None, run_dir=None, bundled: str | None = None) -> tuple[Path, str]:
+    """(path, source): `checkpoint` if given; else run_dir/best.pt if it exists; else the bundled model
+    named `bundled`, or the first bundled model there is."""
     if checkpoint is not None:
         path = Path(checkpoint)
         if not path.is_file():
             raise NoCheckpointError(f"no checkpoint at {path}")
-        return path, "bundled" if path.resolve() == BUNDLED_CHECKPOINT.resolve() else "given"
+        shipped = {p.resolve() for p in BUNDLED_MODELS.values()}
+        return path, "bundled" if path.resolve() in shipped else "given"
     if run_dir is not None and (Path(run_dir) / "best.pt").is_file():
         return Path(run_dir) / "best.pt", "run"
-    if BUNDLED_CHECKPOINT.is_file():
-        return BUNDLED_CHECKPOINT, "bundled"
-    looked = ([f"{Path(run_dir) / 'best.pt'}"] if run_dir is not None else []) + [str(BUNDLED_CHECKPOINT)]
-    raise NoCheckpointError("no model to predict with: looked for " + " and ".join(looked)
+    if bundled is not None:
+        if bundled not in BUNDLED_MODELS:
+            raise NoCheckpointError(f"no bundled model '{bundled}'; bundled models: {', '.join(BUNDLED_MODELS)}")
+        if not BUNDLED_MODELS[bundled].is_file():
+            raise NoCheckpointError(f"the bundled model '{bundled}' is not in this installation: "
+                                    f"{BUNDLED_MODELS[bundled]}")
+        return BUNDLED_MODELS[bundled], "bundled"
+    for path in bundled_checkpoints().values():
+        return path, "bundled"
+    looked = ([f"{Path(run_dir) / 'best.pt'}"] if run_dir is not None else []) + list(map(str, BUNDLED_MODELS.values()))
+    raise NoCheckpointError("no model to predict with: looked for " + ", ".join(looked)
                             + ". Train one (make book PARAMS=params/fer2013.yaml) or pass --checkpoint.")
 
 
@@ -123,11 +142,11 @@ def _run_metrics(path: Path) -> dict | None:
     return metrics if scored == path.name else None
 
 
-def load_predictor(checkpoint=None, run_dir=None, device: str = "cpu") -> Predictor:
+def load_predictor(checkpoint=None, run_dir=None, device: str = "cpu", bundled: str | None = None) -> Predictor:
     """Load a checkpoint for inference (see `find_checkpoint` for which). Raises NoCheckpointError,
     or CheckpointError for a file that is not a usable checkpoint."""
 
-    path, source = find_checkpoint(checkpoint, run_dir)
+    path, source = find_checkpoint(checkpoint, run_dir, bundled)
     model, ckpt = load_model(path, device)
     cfg = ckpt["model_config"]
     metrics = _run_metrics(path)
@@ -143,6 +162,7 @@ class FacePrediction:
     label: str
     probabilities: dict[str, float]   # class -> probability, in the model's class order
     crop: np.ndarray                  # what the model saw: uint8, C x size x size
+    valence_arousal: tuple[float, float] | None = None  # in [-1, 1]; None: the model has no such head
 
 
 @dataclass
@@ -181,20 +201,23 @@ def cpu_threads(n: int):
 
 @torch.inference_mode()
 def classify(predictor: Predictor, image: Image.Image, face_list: list) -> list[FacePrediction]:
-    """Class probabilities for faces (faces.Face) of an RGB image, in one batch, under the predictor's
-    protocol (`predictor.tta`: flip test-time augmentation or one pass)."""
+    """Class probabilities (and, with a valence/arousal head, valence and arousal) for faces (faces.Face) of
+    an RGB image, in one batch, under the predictor's protocol (`predictor.tta`: flip test-time
+    augmentation or one pass)."""
     crops, x = faces_mod.model_input(image, face_list, predictor.image_size, predictor.channels)
     predictor.model.eval()
     small = predictor.device.type == "cpu" and len(face_list) * predictor.image_size ** 2 <= 16 * 96 * 96
     with cpu_threads(1 if small else torch.get_num_threads()):
-        logits = inference.logits(predictor.model, x.to(predictor.device), flip=predictor.tta)
+        logits, va = inference.forward(predictor.model, x.to(predictor.device), flip=predictor.tta)
     probs = torch.softmax(logits, dim=1).double().cpu().numpy()
+    va = [None] * len(probs) if va is None else [(float(v), float(a)) for v, a in va.double().cpu().numpy()]
     out = []
-    for face, crop, p in zip(face_list, crops, probs):
+    for face, crop, p, face_va in zip(face_list, crops, probs, va):
         p = p / p.sum()
         out.append(FacePrediction(box=tuple(int(v) for v in face.box), detected=face.detected,
                                   label=predictor.classes[int(p.argmax())],
-                                  probabilities={c: float(v) for c, v in zip(predictor.classes, p)}, crop=crop))
+                                  probabilities={c: float(v) for c, v in zip(predictor.classes, p)}, crop=crop,
+                                  valence_arousal=face_va))
     return out
 
 
@@ -214,13 +237,15 @@ def predict_image(source, predictor: Predictor | None = None, detect: bool = Tru
 
 
 def json_lines(file: str, result: ImagePrediction, digits: int = 6) -> list[str]:
-    """The CLI's output for one photo: one JSON line per face."""
+    """The CLI's output for one photo: one JSON line per face (valence and arousal only from a model with
+    that head)."""
     lines = []
     for i, face in enumerate(result.faces, 1):
-        lines.append(json.dumps(dict(file=file, face=i, box=list(face.box), detected=face.detected,
-                                     label=face.label,
-                                     probabilities={c: round(p, digits) for c, p in face.probabilities.items()},
-                                     notes=result.messages)))
+        line = dict(file=file, face=i, box=list(face.box), detected=face.detected, label=face.label,
+                    probabilities={c: round(p, digits) for c, p in face.probabilities.items()})
+        if face.valence_arousal is not None:
+            line.update(valence=round(face.valence_arousal[0], digits), arousal=round(face.valence_arousal[1], digits))
+        lines.append(json.dumps(dict(line, notes=result.messages)))
     return lines
 
 
@@ -237,9 +262,12 @@ def positive_int(text: str) -> int:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Which model and which protocol, shared by the photo and video commands: --checkpoint | --run-dir, and
-    --tta | --no-tta (default: the checkpoint's headline protocol)."""
+    """Which model and which protocol, shared by the photo and video commands: --model | --checkpoint |
+    --run-dir, and --tta | --no-tta (default: the checkpoint's headline protocol)."""
     group = parser.add_mutually_exclusive_group()
+    names = list(BUNDLED_MODELS)
+    group.add_argument("--model", choices=names, help=f"a bundled model (default: {names[0]}, the 8-class FER+ "
+                       "model with AffectNet's labels; fer2013: 7 classes, no contempt)")
     group.add_argument("--checkpoint", help="a checkpoint (.pt) made by the training engine (fer train)")
     group.add_argument("--run-dir", help="use RUN_DIR/best.pt if it exists (else the bundled model)")
     group = parser.add_mutually_exclusive_group()
@@ -253,7 +281,7 @@ def predictor_from_args(args: argparse.Namespace) -> Predictor | None:
     """The model `add_model_arguments`' options name, under the protocol they ask for; which model and
     protocol (and any caution) go to stderr. None, after printing the error, when there is no usable model."""
     try:
-        predictor = load_predictor(args.checkpoint, args.run_dir)
+        predictor = load_predictor(args.checkpoint, args.run_dir, bundled=args.model)
     except (NoCheckpointError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return None

@@ -5,10 +5,11 @@
 Each params file gets a run folder `runs/<run_name>/` holding the resolved
 params, provenance (data fingerprint, package versions, git commit, device)
 and the executed chapter notebooks. A notebook is re-executed only when its
-source, the resolved params, the data fingerprint or fer_utils' own code
-changed (or with --force). The book is built from the first run into a
-staging folder and swapped into `_build/html` only when the build succeeded,
-so a failure never destroys the last good book.
+source, the resolved params, the data fingerprint (and the second dataset's,
+with `eval_dataset`) or fer_utils' own code changed (or with --force). The
+book is built from the first run into a staging folder and swapped into
+`_build/html` only when the build succeeded, so a failure never destroys the
+last good book.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from ..analysis import evaluate
+from ..analysis import cross_dataset, evaluate
 from ..config import params as params_mod
 from ..data.datasets import DataError, open_dataset
 from ..paths import BOOK_DIR, BUILD_DIR, NOTEBOOK_DIR, REPO_ROOT, RUNS_DIR, atomic_write, display_path, write_text
@@ -185,6 +186,11 @@ def run(params_file: Path, overrides: dict, force: bool = False, dry_run: bool =
     ds = open_dataset(params)
     log(f"dataset ready: {len(ds.frame):,} images, {len(ds.classes)} classes, fingerprint {ds.fingerprint} "
         f"({time.perf_counter() - started:.1f} s)")
+    data_key = ds.fingerprint
+    if params["eval_dataset"]:  # the evaluation chapter scores a second dataset: new data there re-execute it too
+        second = cross_dataset.open_eval_dataset(params)
+        data_key += f"+{second.fingerprint}"
+        log(f"second dataset '{second.format}' ready: {len(second.frame):,} images, fingerprint {second.fingerprint}")
     keys_file = run_dir / "cache_keys.json"
     keys = json.loads(keys_file.read_text()) if keys_file.is_file() else {}
     if not dry_run:
@@ -193,7 +199,7 @@ def run(params_file: Path, overrides: dict, force: bool = False, dry_run: bool =
         write_text(run_dir / "provenance.json", json.dumps(provenance(params, ds), indent=2))
     notebooks = chapters()
     for i, notebook in enumerate(notebooks, 1):
-        key = cache_key(notebook, params, ds.fingerprint)
+        key = cache_key(notebook, params, data_key)
         cached = not force and keys.get(notebook.stem) == key and (run_dir / f"{notebook.stem}.ipynb").is_file()
         tag = f"[{i}/{len(notebooks)}] {notebook.stem}"
         if cached or dry_run:

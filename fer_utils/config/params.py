@@ -71,6 +71,13 @@ SCHEMA: dict[str, Param] = {
     "scheduler": Param("cosine", ("cosine", "onecycle", "none"), "learning-rate schedule"),
     "warmup_epochs": Param(1, int, "linear warm-up epochs (cosine)", low=0),
     "label_smoothing": Param(0.0, float, "cross-entropy label smoothing", low=0.0, high=0.99),
+    "ema": Param(0.0, float, "decay of an exponential moving average of the weights (0 = off; e.g. 0.999): "
+                 "validation, best.pt and evaluation use the average", low=0.0, high=0.99999),
+    "soft_labels": Param(False, bool, "train on each face's vote distribution (FER+: cross-entropy to the soft "
+                         "label, the FER+ paper's best scheme) instead of its single label"),
+    "va_weight": Param(0.0, float, "weight of the valence/arousal loss ((1 - CCC) of each) added to the "
+                       "classification loss: a second head on the same features predicts them (needs data with "
+                       "valence and arousal: AffectNet, synthetic); 0 = no valence/arousal head", low=0.0),
     "imbalance": Param("none", ("none", "weighted_loss", "weighted_sampler"), "class-imbalance handling"),
     "early_stopping": Param(None, int, "stop after this many epochs without a better val macro-F1; null = off",
                             low=1),
@@ -94,6 +101,14 @@ SCHEMA: dict[str, Param] = {
                                   "image averaged); null = decided on the selection split (val): used when it raises "
                                   "val macro-F1; true/false force it. Training's per-epoch validation never uses it",
                       trains=False),
+    "eval_dataset": Param(None, tuple(registry.DATASETS), "evaluation chapter: also score the model on this second "
+                          "dataset format, classes matched by name (fer_utils.analysis.cross_dataset); null = off",
+                          trains=False),
+    "eval_data_dir": Param(None, str, "the second dataset's folder (needs eval_dataset); null: synthetic data are "
+                           "generated under .cache/, any other format needs it (FER_DATA_DIR names the training "
+                           "data's folder, not this one)", trains=False),
+    "eval_split": Param(None, ("test", "val", "train", "heldout"), "the second dataset's split to score (needs "
+                        "eval_dataset); null = its report split (test)", trains=False),
     # -- ablation chapter
     "ablation": Param("baseline,regularized,augmented,resnet,unet", str,
                       "comma-separated ablation variants (fer_utils.config.ladder.VARIANTS); empty = none",
@@ -156,7 +171,8 @@ def _check_value(key: str, value):
 
 
 def _check_together(params: dict) -> None:
-    """Rules across keys: the model's smallest input, and the ablation rungs' names."""
+    """Rules across keys: the model's smallest input, the ablation rungs' names, and no second-dataset
+    setting without the second dataset (it would be silently ignored)."""
     minimum = registry.MODELS[params["model"]].min_image_size
     if params["image_size"] < minimum:
         raise ParamsError(f"parameter 'image_size' = {params['image_size']} is too small for model "
@@ -165,6 +181,10 @@ def _check_together(params: dict) -> None:
         ladder.variant_names(params)
     except ValueError as err:
         raise ParamsError(f"parameter 'ablation': {err}") from None
+    for key in ("eval_data_dir", "eval_split"):
+        if params[key] is not None and params["eval_dataset"] is None:
+            raise ParamsError(f"parameter '{key}' = {params[key]!r} needs 'eval_dataset' (the second dataset's "
+                              f"format; allowed: {', '.join(registry.DATASETS)})")
 
 
 def _read_yaml(path: Path) -> dict:

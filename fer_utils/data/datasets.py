@@ -1,7 +1,13 @@
 """Dataset readers. Every format becomes the same `Dataset`: a manifest with one
-row per image (location, label, emotion, split, plus valence, arousal,
-landmarks and face box where the format has them), the dataset's own class
-list, and a table of what was skipped and why.
+row per image (location, label, emotion, split, plus valence, arousal and face
+box where the format has them), the dataset's own class list, and a table of
+what was skipped and why.
+
+The manifest holds a few numbers and one string per image (about 150 bytes,
+`manifest_bytes`), so that it stays small beside the decoded images at hundreds
+of thousands of them;
+landmarks, which would be most of it, are read from the annotations when asked
+(`landmarks`). Readers build it from columns, not from a dict per image.
 
 Nothing is dropped silently: every row a reader leaves out lands in
 `Dataset.skipped` with its reason, and the book reports the counts.
@@ -15,6 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,8 +53,8 @@ class Dataset:
     format: str
     root: Path
     classes: tuple[str, ...]
-    # location, label, emotion, split, [origin, valence, arousal, landmarks, face_*, clean_emotion,
-    # clean_label, votes_<emotion>]
+    # location, label, emotion, split, [origin, valence, arousal, face_*, clean_emotion, clean_label,
+    # votes_<emotion>]; landmarks: `landmarks(ds, locations)`
     frame: pd.DataFrame
     skipped: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["location", "split", "reason"]))
     pixels: np.ndarray | None = None  # fer2013_csv keeps decoded rows here; location is "row:<i>"
@@ -92,7 +100,8 @@ def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
                              else s, kind="stable").reset_index(drop=True)
 
 
-def _finish(fmt: str, root: Path, rows: list[dict], skipped: list[dict], **kw) -> Dataset:
+def _finish(fmt: str, root: Path, rows: list[dict] | dict[str, list] | pd.DataFrame, skipped: list[dict],
+            **kw) -> Dataset:
     frame = pd.DataFrame(rows)
     if frame.empty:
         raise _missing(root, fmt, "no usable labelled images")
@@ -135,50 +144,63 @@ def _landmarks(text) -> np.ndarray | None:
     return values.reshape(-1, 2) if values.size and values.size % 2 == 0 else None
 
 
-def _npy_scalar(path: Path):
+def _annotation(image: str, kind: str) -> str:
+    """An AffectNet-mini image's annotation file: <split>/annotations/<id>_<kind>.npy for <split>/images/<id>.*
+
+    Strings, not Paths, here and in the reader's loop: pathlib interns every part of a path, so each image's
+    Path objects left hundreds of bytes in the interpreter (interned names, freed memory it keeps)."""
+    folder, name = os.path.split(image)
+    return os.path.join(os.path.dirname(folder), "annotations", f"{os.path.splitext(name)[0]}_{kind}.npy")
+
+
+def _npy_scalar(path: str):
     """The value of a 0-d .npy annotation; OSError or ValueError, naming the file, when it cannot be read."""
     try:
         return np.load(path, allow_pickle=False).item()
     except (EOFError, ValueError) as err:  # EOFError: an empty file
-        raise ValueError(f"{path.name}: {err}") from err
+        raise ValueError(f"{os.path.basename(path)}: {err}") from err
 
 
 def read_affectnet_mini(root: Path, fmt: str = "affectnet_mini") -> Dataset:
-    rows, skipped = [], []
+    columns = dict(location=[], emotion=[], split=[], clean_emotion=[], valence=array("d"), arousal=array("d"))
+    skipped, any_clean = [], False
     split_dirs = [d for d in sorted(root.iterdir()) if d.is_dir() and SPLIT_NAMES.get(d.name.lower())
                   and (d / "images").is_dir()] if root.is_dir() else []
     if not split_dirs:
         raise _missing(root, fmt, "no train_set/images or val_set/images")
     for split_dir in split_dirs:
         split = SPLIT_NAMES[split_dir.name.lower()]
-        ann = split_dir / "annotations"
-        for image in sorted((split_dir / "images").iterdir()):
-            location = str(image.relative_to(root))
-            if image.suffix.lower() not in IMAGE_EXTENSIONS:
+        for name in sorted(os.listdir(split_dir / "images")):
+            location = os.path.join(split_dir.name, "images", name)
+            image = os.path.join(root, location)
+            if os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
                 skipped.append(dict(location=location, split=split, reason="not an image file"))
                 continue
-            exp = ann / f"{image.stem}_exp.npy"
-            if not exp.is_file():
+            exp = _annotation(image, "exp")
+            if not os.path.isfile(exp):
                 skipped.append(dict(location=location, split=split, reason="no annotation"))
                 continue
             try:  # any annotation file of the image unreadable: the image is skipped, with the reason
                 emotion = _non_emotion(_npy_scalar(exp), location, split, skipped)
                 if emotion is None:
                     continue
-                row = dict(location=location, emotion=emotion, split=split)
-                clean = ann / f"{image.stem}_exp_clean.npy"  # the synthetic data's label before label noise
-                if clean.is_file():
-                    row["clean_emotion"] = labels.affectnet_name(int(_npy_scalar(clean)))
-                for key, suffix in (("valence", "val"), ("arousal", "aro")):
-                    f = ann / f"{image.stem}_{suffix}.npy"
-                    row[key] = float(_npy_scalar(f)) if f.is_file() else np.nan
-                f = ann / f"{image.stem}_lnd.npy"
-                row["landmarks"] = _landmarks(_npy_scalar(f)) if f.is_file() else None
+                clean = _annotation(image, "exp_clean")  # the synthetic data's label before label noise
+                clean_emotion = np.nan
+                if os.path.isfile(clean):
+                    any_clean, clean_emotion = True, labels.affectnet_name(int(_npy_scalar(clean)))
+                valence, arousal = (float(_npy_scalar(f)) if os.path.isfile(f) else np.nan
+                                    for f in (_annotation(image, "val"), _annotation(image, "aro")))
+                lnd = _annotation(image, "lnd")  # read only so that an unreadable one skips the image too
+                if os.path.isfile(lnd):
+                    _npy_scalar(lnd)
             except (OSError, ValueError) as err:
                 skipped.append(dict(location=location, split=split, reason=f"unreadable annotation: {err}"))
                 continue
-            rows.append(row)
-    return _finish(fmt, root, rows, skipped)
+            for key, value in zip(columns, (location, emotion, split, clean_emotion, valence, arousal)):
+                columns[key].append(value)
+    if not any_clean:
+        del columns["clean_emotion"]
+    return _finish(fmt, root, columns, skipped)
 
 
 def _affectnet_image_root(root: Path, first: str) -> Path:
@@ -189,33 +211,68 @@ def _affectnet_image_root(root: Path, first: str) -> Path:
     return root
 
 
-def read_affectnet_csv(root: Path) -> Dataset:
+def _affectnet_csv_tables(root: Path, landmarks: bool = False):
+    """(split, table) for training.csv and validation.csv, each table checked for the columns the reader needs
+    and given the images' locations (column `location`, relative to root). The landmark column, most of a
+    CSV's bytes, is read only when `landmarks`."""
     fmt = "affectnet_csv"
     files = {"train": root / "training.csv", "val": root / "validation.csv"}
     if not all(f.is_file() for f in files.values()):
         raise _missing(root, fmt, "no training.csv and validation.csv")
-    rows, skipped = [], []
     for split, csv in files.items():
-        table = pd.read_csv(csv)
+        table = pd.read_csv(csv, usecols=lambda column: landmarks or column != "facial_landmarks")
         need = {"subDirectory_filePath", "expression", "face_x", "face_y", "face_width", "face_height"}
         if need - set(table.columns):
             raise DataError(f"{csv} lacks columns {sorted(need - set(table.columns))}; expected {DATASETS[fmt]}")
         image_root = _affectnet_image_root(root, str(table["subDirectory_filePath"].iloc[0])) if len(table) else root
-        for rec in table.itertuples(index=False):
-            location = str((image_root / rec.subDirectory_filePath).relative_to(root))
-            emotion = _non_emotion(rec.expression, location, split, skipped)
+        table["location"] = [str((image_root / p).relative_to(root)) for p in table["subDirectory_filePath"]]
+        yield split, table
+
+
+def read_affectnet_csv(root: Path) -> Dataset:
+    """The manifest is built from the tables' columns, not a dict per row (see the module docstring)."""
+    parts, skipped = [], []
+    for split, table in _affectnet_csv_tables(root):
+        keep, emotions = np.zeros(len(table), dtype=bool), []
+        for i, (location, expression) in enumerate(zip(table["location"], table["expression"])):
+            emotion = _non_emotion(expression, location, split, skipped)
             if emotion is None:
                 continue
-            if not (root / location).is_file():
+            if not os.path.isfile(os.path.join(root, location)):
                 skipped.append(dict(location=location, split=split, reason="file not found"))
                 continue
-            rows.append(dict(location=location, emotion=emotion, split=split,
-                             valence=float(getattr(rec, "valence", np.nan)),
-                             arousal=float(getattr(rec, "arousal", np.nan)),
-                             landmarks=_landmarks(getattr(rec, "facial_landmarks", "")),
-                             face_x=int(rec.face_x), face_y=int(rec.face_y),
-                             face_w=int(rec.face_width), face_h=int(rec.face_height)))
-    return _finish(fmt, root, rows, skipped)
+            keep[i] = True
+            emotions.append(emotion)
+        kept = table[keep]
+        columns = dict(location=kept["location"].to_numpy(), emotion=emotions, split=split)
+        for key in ("valence", "arousal"):
+            columns[key] = kept[key].astype(float).to_numpy() if key in kept else np.nan
+        for key, column in (("face_x", "face_x"), ("face_y", "face_y"), ("face_w", "face_width"),
+                            ("face_h", "face_height")):
+            columns[key] = kept[column].astype(int).to_numpy()
+        parts.append(pd.DataFrame(columns))
+    return _finish("affectnet_csv", root, pd.concat(parts, ignore_index=True), skipped)
+
+
+def landmarks(ds: Dataset, locations) -> list[np.ndarray | None]:
+    """Each location's landmarks ((68, 2) float32: x, y in the image's pixels, iBUG order), None where its
+    annotation has none or the format has no landmarks.
+
+    Read from the annotations when asked, not kept in the manifest: one array per image was most of the
+    manifest's memory (about 1 KiB of the 1.7 KiB an opened image took), and only the saliency region shares
+    use them, on one split."""
+    locations = [str(location) for location in locations]
+    if ds.format in ("affectnet_mini", "synthetic"):
+        files = (_annotation(os.path.join(ds.root, location), "lnd") for location in locations)
+        return [_landmarks(_npy_scalar(f)) if os.path.isfile(f) else None for f in files]
+    if ds.format == "affectnet_csv":
+        wanted, found = set(locations), {}
+        for _, table in _affectnet_csv_tables(ds.root, landmarks=True):
+            texts = table["facial_landmarks"] if "facial_landmarks" in table else [""] * len(table)
+            found.update((location, _landmarks(text)) for location, text in zip(table["location"], texts)
+                         if location in wanted)
+        return [found.get(location) for location in locations]
+    return [None] * len(locations)
 
 
 def read_fer2013_csv(root: Path) -> Dataset:
@@ -335,6 +392,21 @@ def read_ferplus(root: Path, rule: str = "majority") -> Dataset:
         rows.append(dict(location=location, emotion=emotions[top], split=split,
                          **{f"votes_{e}": float(v) for e, v in zip(emotions, share)}))
     return _finish(fmt, base, rows, skipped)
+
+
+def manifest_bytes(frame: pd.DataFrame) -> int:
+    """The memory a manifest holds: its columns' values, plus each Python object they refer to, counted once.
+
+    pandas' memory_usage(deep=True) counts a string that many rows share (an emotion, a split) once per row,
+    and only the header of an array that is a view; this counts what the process actually holds for it."""
+    total, objects = frame.index.memory_usage(), {}
+    for _, column in frame.items():
+        values = column.to_numpy()  # object for Python objects and strings (pyarrow strings: new ones, an upper bound)
+        total += values.nbytes
+        if values.dtype == object:
+            objects.update((id(v), v) for v in values)
+    return int(total + sum(sys.getsizeof(v) + (v.nbytes if isinstance(v, np.ndarray) and not v.flags.owndata else 0)
+                           for v in objects.values()))
 
 
 def fingerprint(ds: Dataset) -> str:

@@ -112,11 +112,11 @@ def _decode_rows(ds: Dataset, rows, size: int, channels: int, workers: int | Non
             errors = list(pool.map(lambda jr: _decode_into(buffer, jr[0], ds, jr[1], size, channels),
                                    enumerate(records)))
             good = np.array([err is None for err in errors], dtype=bool)
-            ok.extend(start + np.flatnonzero(good))
+            ok.append(start + np.flatnonzero(good))  # arrays, not a Python int per image
             failed.extend((r["location"], err) for r, err in zip(records, errors) if err)
             if good.any():
                 write(buffer[:len(records)] if good.all() else buffer[:len(records)][good])
-    ok = np.array(ok, dtype=np.int64)
+    ok = np.concatenate([np.zeros(0, np.int64), *ok])
     return rows["label"].to_numpy()[ok].astype(np.int64), rows["location"].to_numpy()[ok].astype(str), failed
 
 

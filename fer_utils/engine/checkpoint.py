@@ -89,8 +89,11 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None, classes=No
         model = unwrap_model(model)
         expected, found = getattr(model, "config", None), ckpt["model_config"]
         if expected is not None:
-            diff = {k: (expected[k], found.get(k)) for k in ("name", "num_classes", "in_channels", "image_size",
-                                                             "width") if expected[k] != found.get(k)}
+            pairs = {k: (expected[k], found.get(k)) for k in ("name", "num_classes", "in_channels", "image_size",
+                                                              "width")}
+            # a config without the key was written by a model without the head (models.create_model)
+            pairs["valence_arousal"] = (expected.get("valence_arousal", False), found.get("valence_arousal", False))
+            diff = {k: pair for k, pair in pairs.items() if pair[0] != pair[1]}
             if diff:
                 raise CheckpointError(f"{path} holds a different model: " + ", ".join(
                     f"{k} expected {e!r}, found {f!r}" for k, (e, f) in diff.items()))

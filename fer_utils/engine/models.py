@@ -3,8 +3,9 @@ ResNet sized for 48-224 px faces, a small U-Net classifier, and torchvision's Re
 
 Every model takes `in_channels` (1 = grayscale, 3 = RGB) and carries a plain
 `config` dict (name, num_classes, in_channels, image_size, width, dropout,
-dropblock; the small ResNet also its `shortcut` version) that checkpoints store,
-so a checkpoint can be checked against, or rebuilt into, the model it belongs to
+dropblock; the small ResNet also its `shortcut` version; a model with a
+valence/arousal head also `valence_arousal: True`) that checkpoints store, so a
+checkpoint can be checked against, or rebuilt into, the model it belongs to
 (`model_from_config`).
 """
 from __future__ import annotations
@@ -225,6 +226,49 @@ class SmallUNet(nn.Module):
         return self.fc(self.dropout(self.head(x).mean((2, 3))))
 
 
+# -- valence/arousal head --------------------------------------------------------
+
+class ValenceArousalHead(nn.Module):
+    """A model's classifier (the last linear layer, `classifier`) and, on the same features, a regressor of
+    valence and arousal (`regressor`: 2 outputs through tanh, in [-1, 1] as the annotations are).
+
+    `forward` returns the logits, so `model(x)` stays the classifier for every caller (inference, Grad-CAM,
+    export); the (N, 2) valence/arousal of that forward pass is kept in `output` (read it with
+    `valence_arousal(model)`). One pass gives both, as joint training needs. The regressor starts at zero
+    (every face at valence = arousal = 0) and draws nothing from the random stream, so the classifier path
+    is initialised exactly as without the head."""
+
+    def __init__(self, classifier: nn.Linear):
+        super().__init__()
+        self.classifier = classifier
+        self.regressor = nn.Linear(classifier.in_features, 2)
+        nn.init.zeros_(self.regressor.weight)
+        nn.init.zeros_(self.regressor.bias)
+        self.output: torch.Tensor | None = None
+
+    def forward(self, h):
+        self.output = torch.tanh(self.regressor(h))
+        return self.classifier(h)
+
+    def __getstate__(self):  # copies (the EMA's deepcopy, pickling) leave the last pass's output (and graph) behind
+        return {**self.__dict__, "output": None}
+
+
+def add_valence_arousal_head(model: nn.Module) -> None:
+    """Replace the model's classifier, the last nn.Linear (the final layer of every architecture here), by a
+    ValenceArousalHead around it."""
+    name = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+    parent, _, child = name.rpartition(".")
+    owner = model.get_submodule(parent)
+    setattr(owner, child, ValenceArousalHead(getattr(owner, child)))
+
+
+def valence_arousal(model: nn.Module) -> torch.Tensor | None:
+    """The (N, 2) valence and arousal of the model's last forward pass; None for a model without the head."""
+    head = next((m for m in model.modules() if isinstance(m, ValenceArousalHead)), None)
+    return None if head is None else head.output
+
+
 # -- torchvision ResNet-18 ----------------------------------------------------
 
 def resnet18_weights_path() -> Path:
@@ -260,7 +304,8 @@ def _resnet18(num_classes, in_channels, dropout, pretrained, require_weights):
 
 def create_model(name: str, num_classes: int, in_channels: int = 1, image_size: int = 48, width: int = 32,
                  dropout: float = 0.0, dropblock: float = 0.0, pretrained: bool = False,
-                 require_weights: bool = False, shortcut: str = SHORTCUTS[0]) -> nn.Module:
+                 require_weights: bool = False, shortcut: str = SHORTCUTS[0],
+                 valence_arousal: bool = False) -> nn.Module:
     """Build a model by name (one of config.registry.MODELS) with its `build_<name>` function.
 
     `pretrained` only applies to resnet18 and never downloads: weights are used if
@@ -269,6 +314,8 @@ def create_model(name: str, num_classes: int, in_channels: int = 1, image_size: 
     The plain CNNs' dense head is sized for `image_size`, so they need inputs of that size.
     `shortcut` is the small ResNet's architecture version (SHORTCUTS; new models get the
     current one, `model_from_config` rebuilds what a checkpoint was trained with).
+    `valence_arousal`: add a ValenceArousalHead (recorded in the config only when present, so configs
+    written before it existed rebuild the same model).
     """
     if pretrained and name != "resnet18":
         raise ValueError(f"pretrained weights exist only for resnet18, not '{name}'")
@@ -281,6 +328,9 @@ def create_model(name: str, num_classes: int, in_channels: int = 1, image_size: 
                         width=width, dropout=dropout, dropblock=dropblock)
     if name == "resnet":
         model.config["shortcut"] = shortcut
+    if valence_arousal:
+        add_valence_arousal_head(model)
+        model.config["valence_arousal"] = True
     return model
 
 
@@ -291,7 +341,8 @@ def model_from_config(config: dict) -> nn.Module:
     shortcut shifts the names of the projection's weights)."""
     return create_model(config["name"], config["num_classes"], config["in_channels"], config["image_size"],
                         config["width"], config["dropout"], config["dropblock"],
-                        shortcut=config.get("shortcut", LEGACY_SHORTCUT))
+                        shortcut=config.get("shortcut", LEGACY_SHORTCUT),
+                        valence_arousal=config.get("valence_arousal", False))
 
 
 # -- the builders config.registry.MODELS names: build_<name>(**every create_model argument) --

@@ -129,14 +129,15 @@ class BatchLoader:
             yield xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
 
 
-def iterate_batches(x, y, batches: list[torch.Tensor], device: torch.device, num_workers: int = 0):
+def iterate_batches(x, y, batches: list[torch.Tensor], device: torch.device, num_workers: int = 0,
+                    va: torch.Tensor | None = None):
     """Yield (uint8 images, labels) on `device`. num_workers == 0: `x`, `y` are tensors already there.
     Otherwise `x` is a BatchLoader made once for the run (its workers persist), or numpy arrays `x`, `y`
-    for which a BatchLoader is made for this call."""
+    for which a BatchLoader is made for this call. `va`: each face's valence and arousal (N x 2, on
+    `device` whatever the path: it is small), gathered with the same indices and yielded third."""
     if num_workers == 0:
-        for idx in batches:
-            idx = idx.to(x.device)
-            yield x[idx], y[idx]
-        return
-    loader = x if isinstance(x, BatchLoader) else BatchLoader(x, y, num_workers, device)
-    yield from loader.epoch(batches)
+        gathered = ((x[idx], y[idx]) for idx in (i.to(x.device) for i in batches))
+    else:
+        gathered = (x if isinstance(x, BatchLoader) else BatchLoader(x, y, num_workers, device)).epoch(batches)
+    for (xb, yb), idx in zip(gathered, batches):
+        yield (xb, yb) if va is None else (xb, yb, va[idx.to(va.device)])

@@ -42,17 +42,19 @@ from ..paths import run_dir as default_run_dir
 from ..paths import write_text
 from .checkpoint import (CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, match_checkpoint, rng_state,
                          save_checkpoint, set_rng_state)
-from .models import count_parameters, create_model
+from .models import count_parameters, create_model, valence_arousal
 from .optim import make_optimizer, make_scheduler
 from .runtime import TrainingError, amp_dtype as select_amp_dtype, log, rank0_first, select_device, unwrap_model
 from .runtime import rank_and_world
 from .runtime import seed as mix_seed
-from .sampling import (AUGMENT, GLOBAL, BatchLoader, batch_indices, class_weights, epoch_order, iterate_batches,
-                       shard)
+from .sampling import (AUGMENT, GLOBAL, BatchLoader, batch_indices, class_weights, epoch_order,
+                       iterate_batches, shard)
 from .transforms import prepare_batch
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy",
                    "val_macro_f1", "lr", "epoch_time_s", "train_images_per_s")
+# Added to the history of a run with a valence/arousal head (va_weight > 0): validate's scores of it.
+VA_HISTORY_COLUMNS = tuple(f"val_{score}" for score in metrics.VA_SCORES)
 
 
 # -- one epoch, validation ----------------------------------------------------
@@ -67,9 +69,28 @@ def check_finite(value: torch.Tensor, epoch: int, step: int, steps: int, lr: flo
                             "or check the data for broken images")
 
 
+def va_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(1 - CCC of valence) + (1 - CCC of arousal) over the batch's annotated faces (`metrics.ccc`, weighted:
+    a NaN target counts for nothing, without reading a count on the host; a dimension with fewer than two
+    annotated faces in the batch adds 0). `pred`, `target`: N x 2.
+
+    1 - CCC rather than the mean squared error, measured on the default book's data (params/default.yaml
+    with va_weight=1, scores on val, the selection split, at the best epoch): MSE kept the answers near the
+    mean, valence/arousal CCC 0.364/0.507 and RMSE 0.353/0.230, val macro-F1 0.374; 1 - CCC rewards
+    matching the annotations' spread: CCC 0.599/0.680, RMSE 0.309/0.237, macro-F1 0.429. CCC is also what
+    AffectNet results report."""
+    known = ~torch.isnan(target)
+    weight, target, pred = known.float(), target.nan_to_num(), pred.float()
+    return sum((1 - metrics.ccc(target[:, i], pred[:, i], weight[:, i], eps=1e-6)) * (known[:, i].sum() >= 2)
+               for i in range(target.shape[1]))
+
+
 def train_one_epoch(model, optimizer, scheduler, criterion, batches, params: dict, epoch: int,
-                    device: torch.device, steps: int, scaler=None, amp_dtype=None) -> dict:
-    """One pass over `batches` (from iterate_batches). `epoch` is 1-based. Returns summed loss,
+                    device: torch.device, steps: int, scaler=None, amp_dtype=None, ema=None) -> dict:
+    """One pass over `batches` (from iterate_batches). `epoch` is 1-based. Labels are class indices, or
+    (soft_labels) one distribution per face, of which the arg-max counts as correct. Batches of three
+    carry each face's valence and arousal third: params["va_weight"] times `va_loss` is then added to the
+    loss (the model has the head). `ema`: an AveragedModel updated after every step. Returns summed loss,
     correct predictions and images seen (this rank), and the last learning rate."""
     model.train()
     rank = rank_and_world()[0]
@@ -82,15 +103,17 @@ def train_one_epoch(model, optimizer, scheduler, criterion, batches, params: dic
     check_every = 1 if device.type == "cpu" else 25
     lr = optimizer.param_groups[0]["lr"]
     bar = tqdm(total=steps, desc=f"epoch {epoch}", leave=False, disable=None if rank == 0 else True)
-    for step, (xb, yb) in enumerate(batches, 1):
+    for step, (xb, yb, *va) in enumerate(batches, 1):
         x = prepare_batch(xb, params, g)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(x)
             loss = criterion(logits, yb)
+        if va:
+            loss = loss + params["va_weight"] * va_loss(valence_arousal(model), va[0])
         if l1_params:
             loss = loss + params["l1"] * sum(p.abs().sum() for p in l1_params)
         loss_sum += loss.detach() * len(yb)
-        correct += (logits.argmax(1) == yb).sum()
+        correct += (logits.argmax(1) == (yb.argmax(1) if yb.is_floating_point() else yb)).sum()
         seen += len(yb)
         lr = optimizer.param_groups[0]["lr"]
         if step % check_every == 0 or step == steps:  # a NaN stays in the sum until it is seen
@@ -104,6 +127,8 @@ def train_one_epoch(model, optimizer, scheduler, criterion, batches, params: dic
         else:
             loss.backward()
             optimizer.step()
+        if ema is not None:
+            ema.update_parameters(unwrap_model(model))
         scheduler.step()
         bar.update()
     bar.close()
@@ -111,15 +136,19 @@ def train_one_epoch(model, optimizer, scheduler, criterion, batches, params: dic
 
 
 @torch.no_grad()
-def validate(model, x, y, num_classes: int, device: torch.device, batch_size: int = 256, amp_dtype=None) -> dict:
+def validate(model, x, y, num_classes: int, device: torch.device, batch_size: int = 256, amp_dtype=None,
+             va=None) -> dict:
     """Loss and metrics.summary on the whole set; under torchrun each rank scores a shard and the
-    predictions are all-gathered. `x`: uint8 (N, C, H, W), tensor or numpy; `y`: int labels.
-    Returns loss, accuracy, balanced_accuracy, macro_f1, f1_per_class, absent_classes, n, y_pred."""
+    predictions are all-gathered. `x`: uint8 (N, C, H, W), tensor or numpy; `y`: int labels; `va`: (N, 2)
+    valence and arousal (NaN where not annotated) for a model with the head, whose predictions are then
+    scored too (metrics.valence_arousal_scores). Returns loss, accuracy, balanced_accuracy, macro_f1,
+    f1_per_class, absent_classes, n, y_pred, and with `va` valence_ccc, valence_rmse, arousal_ccc,
+    arousal_rmse, va_n."""
     model = unwrap_model(model).eval()  # DDP's forward would sync buffers: ranks may take different batch counts
     rank, world = rank_and_world()
     x, y = torch.as_tensor(x), torch.as_tensor(y)
     mine = torch.arange(rank, len(y), world)
-    preds, losses = [], []
+    preds, losses, va_preds = [], [], []
     for idx in mine.split(batch_size):
         xb = x[idx.to(x.device)].to(device, non_blocking=True)
         yb = y[idx.to(y.device)].to(device, non_blocking=True)
@@ -127,21 +156,56 @@ def validate(model, x, y, num_classes: int, device: torch.device, batch_size: in
             logits = model(prepare_batch(xb))
         losses.append(F.cross_entropy(logits.float(), yb, reduction="none"))
         preds.append(logits.argmax(1))
+        if va is not None:
+            va_preds.append(valence_arousal(model).float())
     pred = torch.cat(preds).cpu() if preds else torch.zeros(0, dtype=torch.int64)
     loss = torch.cat(losses).double().cpu() if losses else torch.zeros(0, dtype=torch.float64)
+    va_pred = torch.cat(va_preds).cpu() if va_preds else torch.zeros((0, 2))
     if world > 1:
         gathered = [None] * world
-        dist.all_gather_object(gathered, (mine, pred, loss))
+        dist.all_gather_object(gathered, (mine, pred, loss, va_pred))
         mine = torch.cat([g[0] for g in gathered])
         pred = torch.empty(len(y), dtype=torch.int64).index_put_((mine,), torch.cat([g[1] for g in gathered]))
         loss = torch.cat([g[2] for g in gathered])
+        va_pred = torch.empty((len(y), 2)).index_put_((mine,), torch.cat([g[3] for g in gathered]))
     y_pred = pred.numpy()
+    va_scores = (metrics.valence_arousal_scores(torch.as_tensor(va).cpu().numpy(), va_pred.numpy())
+                 if va is not None else {})
     return dict(loss=float(loss.sum() / len(y)), **metrics.summary(y.cpu().numpy(), y_pred, num_classes),
-                y_pred=y_pred)
+                y_pred=y_pred, **va_scores)
 
 
 
 # -- the whole run, as named steps ----------------------------------------------
+
+def objective(params: dict) -> str:
+    """The training loss in words, as `build_model` sets it up (a chart's train-loss title)."""
+    parts = ["cross-entropy" + (" to each face's vote distribution" if params["soft_labels"] else "")
+             + (" weighted by class" if params["imbalance"] == "weighted_loss" else "")]
+    parts += [f"label smoothing {params['label_smoothing']:g}"] if params["label_smoothing"] else []
+    parts += [f"+ L1 {params['l1']:g}"] if params["l1"] else []
+    parts += [f"+ {params['va_weight']:g} x (1 - CCC) of valence and of arousal"] if params["va_weight"] else []
+    return ", ".join(parts) + ", augmented batches"
+
+
+def ema_update(decay: float):
+    """AveragedModel's update for an exponential moving average whose decay warms up as timm's ModelEma
+    does: min(decay, (1 + n) / (10 + n)) after n updates. A fixed 0.999 would still hold 60% of the random
+    initial weights after 500 steps, so the first epochs' validation would score a meaningless model."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        # AveragedModel calls this once per dtype. The weight stays a tensor: reading the count on the host
+        # would stall a GPU every step.
+        if not averaged[0].is_floating_point():  # batch norm's step counts: the current value
+            torch._foreach_copy_(averaged, current)
+            return
+        n = n_averaged.to(averaged[0].dtype)
+        weight = 1 - torch.clamp((1 + n) / (10 + n), max=decay)
+        torch._foreach_lerp_(averaged, current, [weight] * len(averaged))
+
+    return update
+
 
 @dataclass
 class Run:
@@ -154,6 +218,7 @@ class Run:
     world: int
     started: float
     checkpoint: dict | None = None  # the last.pt being resumed
+    # {column: one value per epoch}: HISTORY_COLUMNS, then VA_HISTORY_COLUMNS with a valence/arousal head
     history: dict = field(default_factory=lambda: {k: [] for k in HISTORY_COLUMNS})
     start_epoch: int = 0
     best_metric: float = float("-inf")
@@ -170,13 +235,19 @@ class Run:
 
 @dataclass
 class Arrays:
-    """The decoded train and val images (uint8) and labels, where the epoch loop reads them."""
+    """The decoded train and val images (uint8) and labels, where the epoch loop reads them. `y_target` is
+    what the loss compares with: the labels, or (soft_labels) each face's vote distribution (float, N x C).
+    `va_train`, `va_val`: each face's valence and arousal (float32, N x 2, NaN where not annotated) when the
+    model has the head (va_weight > 0), else None."""
     x_train: object
     y_train: np.ndarray
+    y_target: np.ndarray
     y_train_device: object
     x_val: object
     y_val: object
     num_classes: int
+    va_train: object = None
+    va_val: object = None
 
 
 @dataclass
@@ -188,14 +259,20 @@ class Optimization:
     amp_dtype: object
     criterion: nn.Module
     steps: int
+    ema: torch.optim.swa_utils.AveragedModel | None = None
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The weights that validation, best.pt and evaluation use: the moving average when there is one."""
+        return self.ema.module if self.ema is not None else unwrap_model(self.model)
 
 
 def result(history: dict, best_epoch: int, run_dir: Path, started: float, reused: bool) -> dict:
     """What `fit` returns: the history as a DataFrame, the best epoch's val metrics and where things are."""
-    frame = pd.DataFrame(history, columns=list(HISTORY_COLUMNS))
+    frame = pd.DataFrame(history)
     best = frame[frame["epoch"] == best_epoch].iloc[0]
     return dict(history=frame, best_epoch=int(best_epoch),
-                best_metrics={k: float(best[k]) for k in HISTORY_COLUMNS if k.startswith("val_")},
+                best_metrics={k: float(best[k]) for k in frame.columns if k.startswith("val_")},
                 best_checkpoint=run_dir / "best.pt", last_checkpoint=run_dir / "last.pt", run_dir=run_dir,
                 wall_time_s=time.perf_counter() - started, train_time_s=float(frame["epoch_time_s"].sum()),
                 images_per_s=float(frame["train_images_per_s"].mean()), reused=reused)
@@ -231,25 +308,62 @@ def load_arrays(run: Run) -> Arrays:
     for split in ("train", "val"):
         if split not in data.splits:
             raise DataError(f"dataset in {data.root} has no '{split}' split (splits: {data.splits})")
+    unannotated = [s for s in ("train", "val") if not has_valence_arousal(data, s)]
+    if params["va_weight"] > 0 and unannotated:  # before decoding: that can take long
+        raise DataError(f"va_weight > 0 trains a valence/arousal head, which needs valence and arousal "
+                        f"annotations; the '{data.format}' dataset has none in its {' and '.join(unannotated)} "
+                        "split (AffectNet and the synthetic faces have them): set va_weight=0")
     with rank0_first():
-        x_train, y_train, _ = images.load_split(data, "train", params["image_size"], params["channels"])
-        x_val, y_val, _ = images.load_split(data, "val", params["image_size"], params["channels"])
+        x_train, y_train, locations = images.load_split(data, "train", params["image_size"], params["channels"])
+        x_val, y_val, val_locations = images.load_split(data, "val", params["image_size"], params["channels"])
     if len(y_train) < 2:
         raise DataError(f"the train split has {len(y_train)} usable images; training needs at least 2")
-    return Arrays(x_train, y_train, y_train, x_val, y_val, len(data.classes))
+    target = soft_targets(data, locations) if params["soft_labels"] else y_train
+    va_train, va_val = ((valence_arousal_targets(data, "train", locations),
+                         valence_arousal_targets(data, "val", val_locations)) if params["va_weight"] > 0
+                        else (None, None))
+    return Arrays(x_train, y_train, target, target, x_val, y_val, len(data.classes), va_train, va_val)
+
+
+def has_valence_arousal(data: Dataset, split: str) -> bool:
+    """Whether any face of `split` has a valence and an arousal annotation (AffectNet and synthetic data do)."""
+    rows = data.split(split)
+    return all(c in rows.columns and rows[c].notna().any() for c in metrics.VA_NAMES)
+
+
+def valence_arousal_targets(data: Dataset, split: str, locations) -> np.ndarray:
+    """`split`'s valence and arousal (N x 2, float32, NaN where a face is not annotated), in the order of
+    `locations` (load_split's)."""
+    va = data.split(split).set_index("location")[list(metrics.VA_NAMES)].astype(np.float32)
+    return va.loc[[str(loc) for loc in locations]].to_numpy(copy=True)
+
+
+def soft_targets(data: Dataset, locations) -> np.ndarray:
+    """The train faces' vote distributions (N x classes, float32, rows summing to 1), in the order of
+    `locations` (load_split's). A dataset without `votes_<class>` columns (only FER+ has them) is an error."""
+    columns = [f"votes_{c}" for c in data.classes]
+    missing = [c for c in columns if c not in data.frame.columns]
+    if missing:
+        raise DataError(f"soft_labels=true needs a vote distribution per face (columns {', '.join(columns)}); the "
+                        f"'{data.format}' dataset has no {', '.join(missing)} (only FER+ carries votes)")
+    votes = data.split("train").set_index("location")[columns].astype(np.float32)
+    return votes.loc[[str(loc) for loc in locations]].to_numpy(copy=True)
 
 
 def to_device(arrays: Arrays, run: Run) -> None:
     """In memory (num_workers == 0): the uint8 arrays sit on the training device once (on the CPU,
     torch.from_numpy wraps the cache's memory map without a copy). With workers the arrays stay where
     load_split left them (for large data: memory maps of the cache files) and x_train becomes a
-    BatchLoader, made once so that its workers live for the whole run and gather each batch."""
+    BatchLoader, made once so that its workers live for the whole run and gather each batch. The
+    valence/arousal targets (2 floats a face) go to the device on either path."""
+    if arrays.va_train is not None:
+        arrays.va_train = torch.from_numpy(arrays.va_train).to(run.device)
     if run.params["num_workers"] != 0:
-        arrays.x_train = BatchLoader(arrays.x_train, arrays.y_train, run.params["num_workers"], run.device)
+        arrays.x_train = BatchLoader(arrays.x_train, arrays.y_target, run.params["num_workers"], run.device)
         return
     try:
         arrays.x_train = torch.from_numpy(arrays.x_train).to(run.device)
-        arrays.y_train_device = torch.from_numpy(arrays.y_train).to(run.device)
+        arrays.y_train_device = torch.from_numpy(arrays.y_target).to(run.device)
         arrays.x_val, arrays.y_val = torch.from_numpy(arrays.x_val).to(run.device), torch.from_numpy(arrays.y_val)
     except torch.OutOfMemoryError as err:
         size = (arrays.x_train.nbytes + arrays.x_val.nbytes) / 2**30
@@ -263,7 +377,8 @@ def build_model(run: Run, arrays: Arrays) -> Optimization:
     params, device = run.params, run.device
     torch.manual_seed(params["seed"])
     model = create_model(params["model"], arrays.num_classes, params["channels"], params["image_size"],
-                         params["width"], params["dropout"], params["dropblock"], params["pretrained"])
+                         params["width"], params["dropout"], params["dropblock"], params["pretrained"],
+                         valence_arousal=params["va_weight"] > 0)
     model = model.to(device, memory_format=torch.channels_last)
     if run.world > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
@@ -276,14 +391,20 @@ def build_model(run: Run, arrays: Arrays) -> Optimization:
     weight = (torch.as_tensor(class_weights(arrays.y_train, arrays.num_classes), dtype=torch.float32, device=device)
               if params["imbalance"] == "weighted_loss" else None)
     criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=params["label_smoothing"])
+    ema = (torch.optim.swa_utils.AveragedModel(unwrap_model(model), multi_avg_fn=ema_update(params["ema"]),
+                                               use_buffers=True) if params["ema"] > 0 else None)
     if run.checkpoint is not None:
         ckpt = run.checkpoint
         load_checkpoint(run.last_path, model, list(run.data.classes), optimizer, scheduler, scaler)
+        if ema is not None:  # "model" holds the average (what is evaluated), "train_model" the trained weights
+            ema.module.load_state_dict(ckpt["model"])
+            ema.n_averaged.fill_(ckpt["ema_steps"])
+            unwrap_model(model).load_state_dict(ckpt["train_model"])
         run.history, run.start_epoch = ckpt["history"], ckpt["epoch"]
         run.best_metric, run.best_epoch = ckpt["best_metric"], ckpt["best_epoch"]
         set_rng_state(ckpt["rng"])
         log(f"resuming {run.last_path} after epoch {run.start_epoch}")
-    return Optimization(model, optimizer, scheduler, scaler, amp, criterion, steps)
+    return Optimization(model, optimizer, scheduler, scaler, amp, criterion, steps, ema)
 
 
 def fit_one_epoch(run: Run, arrays: Arrays, opt: Optimization, epoch: int) -> dict:
@@ -295,8 +416,8 @@ def fit_one_epoch(run: Run, arrays: Arrays, opt: Optimization, epoch: int) -> di
     t0 = time.perf_counter()
     stats = train_one_epoch(opt.model, opt.optimizer, opt.scheduler, opt.criterion,
                             iterate_batches(arrays.x_train, arrays.y_train_device, batches, run.device,
-                                            params["num_workers"]),
-                            params, epoch, run.device, opt.steps, opt.scaler, opt.amp_dtype)
+                                            params["num_workers"], arrays.va_train),
+                            params, epoch, run.device, opt.steps, opt.scaler, opt.amp_dtype, opt.ema)
     train_time = time.perf_counter() - t0
     if run.world > 1:
         totals = torch.tensor([stats["loss_sum"], stats["correct"], stats["seen"]], dtype=torch.float64,
@@ -305,13 +426,14 @@ def fit_one_epoch(run: Run, arrays: Arrays, opt: Optimization, epoch: int) -> di
         stats.update(loss_sum=totals[0].item(), correct=totals[1].item(), seen=totals[2].item())
         for buffer in unwrap_model(opt.model).buffers():  # each rank's BN stats saw its own last batch: use rank 0's
             dist.broadcast(buffer, 0)
-    val = validate(opt.model, arrays.x_val, arrays.y_val, arrays.num_classes, run.device, 2 * params["batch_size"],
-                   opt.amp_dtype)
+    val = validate(opt.evaluated, arrays.x_val, arrays.y_val, arrays.num_classes, run.device, 2 * params["batch_size"],
+                   opt.amp_dtype, arrays.va_val)
     return dict(epoch=epoch, train_loss=stats["loss_sum"] / stats["seen"],
                 train_accuracy=stats["correct"] / stats["seen"], val_loss=val["loss"],
                 val_accuracy=val["accuracy"], val_balanced_accuracy=val["balanced_accuracy"],
                 val_macro_f1=val["macro_f1"], lr=stats["lr"], epoch_time_s=time.perf_counter() - t0,
-                train_images_per_s=stats["seen"] / train_time)
+                train_images_per_s=stats["seen"] / train_time,
+                **({k: val[k.removeprefix("val_")] for k in VA_HISTORY_COLUMNS} if arrays.va_val is not None else {}))
 
 
 def should_stop(run: Run, epoch: int) -> bool:
@@ -324,13 +446,15 @@ def save_epoch(run: Run, opt: Optimization, epoch: int, improved: bool, finished
     """Rank 0 writes last.pt (and best.pt when improved) and history.csv, each atomically."""
     if run.rank != 0:
         return
-    model = unwrap_model(opt.model)
+    model = opt.evaluated
     state = dict(format=CHECKPOINT_FORMAT, model_config=model.config, model=model.state_dict(),
                  optimizer=opt.optimizer.state_dict(), scheduler=opt.scheduler.state_dict(),
                  scaler=opt.scaler.state_dict() if opt.scaler.is_enabled() else None, epoch=epoch,
                  params=run.params, classes=list(run.data.classes), fingerprint=run.data.fingerprint,
                  best_metric=run.best_metric, best_epoch=run.best_epoch, history=run.history, finished=finished,
                  rng=rng_state())
+    if opt.ema is not None:
+        state.update(train_model=unwrap_model(opt.model).state_dict(), ema_steps=int(opt.ema.n_averaged))
     if improved:
         save_checkpoint(state, run.best_path)
     save_checkpoint(state, run.last_path)
@@ -341,7 +465,8 @@ def log_epoch(row: dict, epochs: int, improved: bool) -> None:
     log(f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f}"
         f"  val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.3f}"
         f" bal {row['val_balanced_accuracy']:.3f} F1 {row['val_macro_f1']:.3f}  lr {row['lr']:.2e}"
-        f"  {row['epoch_time_s']:.1f} s {row['train_images_per_s']:.0f} img/s" + ("  *" if improved else ""))
+        + (f"  VA CCC {row['val_valence_ccc']:.3f}/{row['val_arousal_ccc']:.3f}" if "val_valence_ccc" in row else "")
+        + f"  {row['epoch_time_s']:.1f} s {row['train_images_per_s']:.0f} img/s" + ("  *" if improved else ""))
 
 
 def fit(params: dict, data: Dataset | None = None, run_dir: str | Path | None = None, resume: bool = False) -> dict:
@@ -370,8 +495,8 @@ def fit(params: dict, data: Dataset | None = None, run_dir: str | Path | None = 
     try:
         for epoch in range(run.start_epoch + 1, params["epochs"] + 1):
             row = fit_one_epoch(run, arrays, opt, epoch)
-            for k in HISTORY_COLUMNS:
-                run.history[k].append(row[k])
+            for k, value in row.items():
+                run.history.setdefault(k, []).append(value)
             improved = row["val_macro_f1"] > run.best_metric
             if improved:
                 run.best_metric, run.best_epoch = row["val_macro_f1"], epoch

@@ -424,6 +424,25 @@ def test_224px_rgb_trains_through_the_disk_backed_cache_with_workers(tmp_path, m
     assert cached == ["lock", "lock", "meta.npz", "meta.npz", "npy", "npy"]
 
 
+def interrupt_then_resume(params, run_dir, monkeypatch, at_batch: int) -> dict:
+    """Train until the `at_batch`-th training batch (counted over epochs) raises KeyboardInterrupt, then
+    resume from last.pt; returns the resumed fit's result."""
+    real_prepare, calls = transforms.prepare_batch, [0]
+
+    def interrupted(x, params=None, g=None, **kw):
+        if g is not None:
+            calls[0] += 1
+            if calls[0] == at_batch:
+                raise KeyboardInterrupt
+        return real_prepare(x, params, g, **kw)
+
+    monkeypatch.setattr(train, "prepare_batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fit(params, run_dir)
+    monkeypatch.setattr(train, "prepare_batch", real_prepare)
+    return train.fit(params, open_dataset(params), run_dir, resume=True)
+
+
 # -- weight averaging and soft labels -----------------------------------------
 
 def test_ema_is_what_is_validated_saved_and_resumed_exactly(data_root, tmp_path, monkeypatch):
@@ -439,20 +458,7 @@ def test_ema_is_what_is_validated_saved_and_resumed_exactly(data_root, tmp_path,
                          torch.device("cpu"))
     assert val["macro_f1"] == pytest.approx(whole["history"]["val_macro_f1"].iloc[-1])
 
-    real_prepare, calls = transforms.prepare_batch, [0]
-
-    def interrupted(x, params=None, g=None, **kw):
-        if g is not None:
-            calls[0] += 1
-            if calls[0] == 8:  # in epoch 3
-                raise KeyboardInterrupt
-        return real_prepare(x, params, g, **kw)
-
-    monkeypatch.setattr(train, "prepare_batch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        fit(params, tmp_path / "resumed")
-    monkeypatch.setattr(train, "prepare_batch", real_prepare)
-    resumed = train.fit(params, open_dataset(params), tmp_path / "resumed", resume=True)
+    resumed = interrupt_then_resume(params, tmp_path / "resumed", monkeypatch, at_batch=8)  # in epoch 3
     pd.testing.assert_frame_equal(whole["history"][METRIC_COLUMNS], resumed["history"][METRIC_COLUMNS])
     again = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
     assert state_dicts_equal(last["model"], again["model"])
@@ -540,20 +546,7 @@ def test_valence_arousal_head_is_logged_saved_and_resumed_exactly(tmp_path, monk
     model(torch.zeros(2, 1, 32, 32))
     assert models.valence_arousal(model).shape == (2, 2)
 
-    real_prepare, calls = transforms.prepare_batch, [0]
-
-    def interrupted(x, params=None, g=None, **kw):
-        if g is not None:
-            calls[0] += 1
-            if calls[0] == 5:  # epoch 2 of 3 steps each
-                raise KeyboardInterrupt
-        return real_prepare(x, params, g, **kw)
-
-    monkeypatch.setattr(train, "prepare_batch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        fit(params, tmp_path / "resumed")
-    monkeypatch.setattr(train, "prepare_batch", real_prepare)
-    resumed = train.fit(params, open_dataset(params), tmp_path / "resumed", resume=True)
+    resumed = interrupt_then_resume(params, tmp_path / "resumed", monkeypatch, at_batch=5)  # epoch 2 of 3
     columns = METRIC_COLUMNS + list(train.VA_HISTORY_COLUMNS)
     pd.testing.assert_frame_equal(whole["history"][columns], resumed["history"][columns])
     a, b = (torch.load(tmp_path / run / "last.pt", weights_only=True) for run in ("whole", "resumed"))

@@ -367,15 +367,21 @@ def test_flip_alone_is_exact_and_prepare_batch_normalises():
 
 # -- torchrun -----------------------------------------------------------------
 
-def test_torchrun_two_cpu_processes(data_root, tmp_path):
+def torchrun_two_cpu_processes(params: dict, tmp_path: Path) -> subprocess.CompletedProcess:
+    """`fer_utils.engine.train` under torchrun with 2 CPU processes, writing tmp_path/run; asserts it succeeded."""
     params_file = tmp_path / "ddp.yaml"
-    params_file.write_text(yaml.safe_dump(dict(dataset="folders", data_dir=str(data_root), image_size=32,
-                                               model="resnet", width=8, epochs=2, batch_size=16, aug_flip=True)))
+    params_file.write_text(yaml.safe_dump(params))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "fer_utils.engine.train", str(params_file), "-p", "device=cpu", "--out", str(tmp_path / "run")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_torchrun_two_cpu_processes(data_root, tmp_path):
+    proc = torchrun_two_cpu_processes(dict(dataset="folders", data_dir=str(data_root), image_size=32, model="resnet",
+                                           width=8, epochs=2, batch_size=16, aug_flip=True), tmp_path)
     # 39 training images (44 less the 5 carved out as the selection split) over 2 ranks: 20 each (one
     # wrapped), 2 steps of <= 16 (a single process takes 3).
     assert "x 2 processes, 2 epochs of 2 steps" in proc.stdout
@@ -386,6 +392,22 @@ def test_torchrun_two_cpu_processes(data_root, tmp_path):
     checkpoint.load_checkpoint(tmp_path / "run" / "last.pt", create_model("resnet", 4, 1, 32, 8))
     assert len(pd.read_csv(tmp_path / "run" / "history.csv")) == 2
     assert Path(tmp_path / "run" / "best.pt").is_file()
+
+
+def test_torchrun_gathers_valence_arousal_scores_equal_to_one_process(tmp_path):
+    """Each rank scores a shard of val; the gathered valence/arousal (and class) scores are one process's."""
+    params = dict(dataset="synthetic", data_dir=str(tmp_path / "data"), synthetic_n_train=40, synthetic_n_val=15,
+                  synthetic_n_test=4, synthetic_size=32, image_size=32, model="resnet", width=8, epochs=1,
+                  batch_size=16, va_weight=0.5)
+    torchrun_two_cpu_processes(params, tmp_path)
+    logged = pd.read_csv(tmp_path / "run" / "history.csv").iloc[-1]
+    run = train.prepare_run(resolve(None, {**params, "device": "cpu"}), None, tmp_path / "run", resume=False)
+    arrays = train.load_arrays(run)
+    model, _ = checkpoint.load_model(tmp_path / "run" / "last.pt")
+    alone = train.validate(model, arrays.x_val, arrays.y_val, arrays.num_classes, run.device, va=arrays.va_val)
+    for column in ("val_loss", "val_accuracy", "val_macro_f1", *train.VA_HISTORY_COLUMNS):
+        assert logged[column] == pytest.approx(alone[column.removeprefix("val_")], rel=1e-5, abs=1e-6), column
+    assert np.isfinite(logged[list(train.VA_HISTORY_COLUMNS)].to_numpy(float)).all()
 
 
 # -- large images: the disk-backed cache and the DataLoader path ----------------

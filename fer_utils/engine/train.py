@@ -167,7 +167,8 @@ def validate(model, x, y, num_classes: int, device: torch.device, batch_size: in
         mine = torch.cat([g[0] for g in gathered])
         pred = torch.empty(len(y), dtype=torch.int64).index_put_((mine,), torch.cat([g[1] for g in gathered]))
         loss = torch.cat([g[2] for g in gathered])
-        va_pred = torch.empty((len(y), 2)).index_put_((mine,), torch.cat([g[3] for g in gathered]))
+        if va is not None:
+            va_pred = torch.empty((len(y), 2)).index_put_((mine,), torch.cat([g[3] for g in gathered]))
     y_pred = pred.numpy()
     va_scores = (metrics.valence_arousal_scores(torch.as_tensor(va).cpu().numpy(), va_pred.numpy())
                  if va is not None else {})

@@ -11,8 +11,8 @@ from torch import nn
 from torchvision.ops import DropBlock2d
 
 from fer_utils.engine.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, load_model, save_checkpoint
-from fer_utils.engine.models import (MODELS, SHORTCUTS, StridedPointwise, count_parameters, create_model,
-                                     model_from_config, resnet18_weights_path, valence_arousal)
+from fer_utils.engine.models import (MODELS, SHORTCUTS, StridedPointwise, create_model, model_from_config,
+                                     resnet18_weights_path, valence_arousal)
 from fer_utils.app.predict import BUNDLED_MODELS
 
 
@@ -33,7 +33,7 @@ def test_output_shape(name, channels, size):
 
 
 def test_unknown_name_lists_valid_names():
-    with pytest.raises(ValueError, match="baseline_cnn, regularized_cnn, resnet, resnet_fullres, resnet18"):
+    with pytest.raises(ValueError, match="baseline_cnn, regularized_cnn, resnet, resnet18"):
         create_model("vgg", 7)
 
 
@@ -59,19 +59,6 @@ def test_resnet_stem_adapts_to_image_size():
     assert [s[0].conv1.out_channels for s in small.stages] == [8, 16, 32, 64]
     with torch.no_grad():
         assert large.eval()(torch.randn(1, 1, 224, 224)).shape == (1, 7)
-
-
-def test_resnet_fullres_keeps_the_first_stage_at_the_face_side_with_one_block_per_stage():
-    maps = []
-    model = create_model("resnet_fullres", 7, image_size=48, width=8).eval()
-    for stage in model.stages:
-        stage.register_forward_hook(lambda _, __, out: maps.append(out.shape[-1]))
-    with torch.no_grad():
-        model(torch.randn(1, 1, 48, 48))
-    assert maps == [48, 24, 12, 6] and [len(s) for s in model.stages] == [1, 1, 1, 1]
-    assert model_from_config(model.config).state_dict().keys() == model.state_dict().keys()
-    default = create_model("resnet", 7, image_size=48, width=8)
-    assert count_parameters(model) < count_parameters(default)  # fewer weights, more compute per image
 
 
 def test_strided_pointwise_equals_a_strided_1x1_conv():

@@ -28,8 +28,7 @@ def test_the_logits_see_the_input_only_through_the_feature_layer(name):
     torch.manual_seed(0)
     model = create_model(name, 4, 1, 32, width=8).eval()
     layer = saliency.feature_layer(model)
-    last_block = lambda m: m.stages[-1][-1]  # noqa: E731
-    expected = {"resnet": last_block, "resnet_fullres": last_block, "resnet18": lambda m: m.layer4}.get(
+    expected = {"resnet": lambda m: m.stages[-1][-1], "resnet18": lambda m: m.layer4}.get(
         name, lambda m: [c for c in m.modules() if isinstance(c, torch.nn.Conv2d)][-1])  # the plain CNNs
     assert layer is expected(model)
     x1, x2 = (prepare_batch(torch.from_numpy(faces(2, seed=s)), memory_format=torch.contiguous_format)

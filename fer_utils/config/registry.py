@@ -18,8 +18,6 @@ MODELS: dict[str, ModelSpec] = {
     "baseline_cnn": ModelSpec("the original study's plain CNN (no batch norm)", 8),
     "regularized_cnn": ModelSpec("the plain CNN with batch norm, dropout and DropBlock", 8),
     "resnet": ModelSpec("a small ResNet sized for 48-224 px faces", 8),
-    "resnet_fullres": ModelSpec("the small ResNet with one block per stage, its first stage at a small face's "
-                                "full side (about 2x the compute at 48 px)", 8),
     "resnet18": ModelSpec("torchvision's ResNet-18 (ImageNet weights if cached locally)", 8),
     "unet": ModelSpec("a small U-Net (encoder-decoder with skip connections) with a classification head", 16),
 }

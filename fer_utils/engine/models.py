@@ -126,21 +126,18 @@ class BasicBlock(nn.Module):
 
 
 class SmallResNet(nn.Module):
-    """4 stages of `blocks` basic blocks (widths w, 2w, 4w, 8w), global average pool, dropout, linear.
+    """4 stages of 2 basic blocks (widths w, 2w, 4w, 8w), global average pool, dropout, linear.
 
     Faces of <= 64 px get a stride-1 3x3 stem (a stride-2 stem + max-pool would
     discard most of a 48 px face before the first block); larger images get the
     usual stride-2 7x7 conv + max-pool. At 48 and 96 px the stages then run on the
     same 24-12-6-3 px maps, so the cost per image barely grows with the input.
-    `full_resolution` keeps small faces' first stage at the input's side (48 px -> 48, 24, 12, 6): each
-    stage then costs 4x as much, so with `blocks=1` the net costs about twice the default's (the
-    `resnet_fullres` name).
     `shortcut` picks the architecture version (see SHORTCUTS); "strided" is the
     legacy one that old checkpoints were trained with.
     """
 
     def __init__(self, num_classes, in_channels=1, image_size=48, width=16, dropout=0.0,
-                 shortcut: str = SHORTCUTS[0], blocks: int = 2, full_resolution: bool = False):
+                 shortcut: str = SHORTCUTS[0]):
         super().__init__()
         if shortcut not in SHORTCUTS:
             raise ValueError(f"unknown shortcut '{shortcut}'; valid: {', '.join(SHORTCUTS)}")
@@ -152,12 +149,12 @@ class SmallResNet(nn.Module):
                                       nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
         # Small faces: stride-1 stem, then every stage halves (48 px -> 24, 12, 6, 3).
         # Large faces: the stem already divides by 4, so stage 1 keeps it (224 px -> 56, 28, 14, 7).
-        strides = (2, 2, 2, 2) if image_size <= 64 and not full_resolution else (1, 2, 2, 2)
+        strides = (2, 2, 2, 2) if image_size <= 64 else (1, 2, 2, 2)
         stages, c_in = [], width
         for i, stride in enumerate(strides):
             c_out = width * 2 ** i
             stages.append(nn.Sequential(BasicBlock(c_in, c_out, stride, shortcut),
-                                        *(BasicBlock(c_out, c_out, 1, shortcut) for _ in range(blocks - 1))))
+                                        BasicBlock(c_out, c_out, 1, shortcut)))
             c_in = c_out
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -329,7 +326,7 @@ def create_model(name: str, num_classes: int, in_channels: int = 1, image_size: 
                                        require_weights=require_weights, shortcut=shortcut)
     model.config = dict(name=name, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
                         width=width, dropout=dropout, dropblock=dropblock)
-    if name in ("resnet", "resnet_fullres"):
+    if name == "resnet":
         model.config["shortcut"] = shortcut
     if valence_arousal:
         add_valence_arousal_head(model)
@@ -360,10 +357,6 @@ def build_regularized_cnn(num_classes, in_channels, image_size, width, dropout, 
 
 def build_resnet(num_classes, in_channels, image_size, width, dropout, shortcut, **_):
     return SmallResNet(num_classes, in_channels, image_size, width, dropout, shortcut)
-
-
-def build_resnet_fullres(num_classes, in_channels, image_size, width, dropout, shortcut, **_):
-    return SmallResNet(num_classes, in_channels, image_size, width, dropout, shortcut, blocks=1, full_resolution=True)
 
 
 def build_unet(num_classes, in_channels, width, dropout, **_):

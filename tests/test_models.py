@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +14,6 @@ from torchvision.ops import DropBlock2d
 from fer_utils.engine.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, load_model, save_checkpoint
 from fer_utils.engine.models import (MODELS, SHORTCUTS, StridedPointwise, create_model, model_from_config,
                                      resnet18_weights_path, valence_arousal)
-from fer_utils.app.predict import BUNDLED_MODELS
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -152,10 +152,11 @@ def test_architecture_version_is_recorded_and_old_configs_rebuild_the_legacy_one
         create_model("resnet", 7, shortcut="conv")
 
 
-def test_bundled_checkpoint_rebuilds_the_legacy_resnet():
-    """The bundled model predates the versions: it must compute what it did when it was trained. The
-    logits were recorded with the code before the versions existed (same to ~1e-6 across CPUs)."""
-    model, ckpt = load_model(BUNDLED_MODELS["fer2013"])
+def test_legacy_checkpoint_rebuilds_the_legacy_resnet():
+    """The first bundled FER2013 model (tests/data/, bundled until the recipe of 2026-11-29 replaced it)
+    predates the versions: it must compute what it did when it was trained. The logits were recorded with
+    the code before the versions existed (same to ~1e-6 across CPUs)."""
+    model, ckpt = load_model(Path(__file__).parent / "data" / "legacy_fer2013_resnet.pt")
     assert "shortcut" not in ckpt["model_config"] and model.config["shortcut"] == "strided"
     x = torch.rand(2, 1, 48, 48, generator=torch.Generator().manual_seed(0)) * 2 - 1
     with torch.no_grad():

@@ -22,31 +22,29 @@ from fer_utils.analysis import evaluate
 from fer_utils.config.params import parse_override, resolve
 from fer_utils.data.datasets import open_dataset
 from fer_utils.data.images import load_split
+from fer_utils.engine.inference import forward
 from fer_utils.engine.transforms import prepare_batch
 from fer_utils.metrics import scores
 from fer_utils.paths import run_dir as default_run_dir
 
 
-def views(x: torch.Tensor, crop: int | None) -> list[torch.Tensor]:
-    """The face and its mirror, and with `crop` the five crops of that side (resized back) and theirs."""
-    side = x.shape[-1]
-    out = [x]
-    if crop:
-        o = side - crop
-        for i, j in ((0, 0), (0, o), (o, 0), (o, o), (o // 2, o // 2)):
-            out.append(F.interpolate(x[..., i:i + crop, j:j + crop], size=(side, side), mode="bilinear",
-                                     align_corners=False))
-    return out + [v.flip(-1) for v in out]
+def crops(x: torch.Tensor, crop: int) -> list[torch.Tensor]:
+    """The four corner and the centre `crop` x `crop` crops of a batch, each resized back to its side."""
+    side, o = x.shape[-1], x.shape[-1] - crop
+    return [F.interpolate(x[..., i:i + crop, j:j + crop], size=(side, side), mode="bilinear", align_corners=False)
+            for i, j in ((0, 0), (0, o), (o, 0), (o, o), (o // 2, o // 2))]
 
 
 @torch.no_grad()
 def predictions(model, x: np.ndarray, protocol: str, batch_size: int = 512) -> np.ndarray:
+    """Predicted classes under `protocol`: plain, flip, or tencrop<side> (each view with its mirror, by
+    `engine.inference.forward`)."""
     crop = int(protocol.removeprefix("tencrop")) if protocol.startswith("tencrop") else None
     preds = []
     for start in range(0, len(x), batch_size):
         xb = prepare_batch(torch.from_numpy(np.asarray(x[start:start + batch_size])))
-        vs = [xb] if protocol == "plain" else views(xb, crop)
-        preds.append(sum(model(v).float() for v in vs).argmax(1))
+        views = [xb] + (crops(xb, crop) if crop else [])
+        preds.append(sum(forward(model, v, flip=protocol != "plain")[0] for v in views).argmax(1))
     return torch.cat(preds).numpy()
 
 

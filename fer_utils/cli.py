@@ -7,6 +7,8 @@
     fer demo                                the upload demo as a Voila app (app.demo)
     fer export runs/ferplus --model ferplus a run's best checkpoint as a bundled model (app.export)
     fer publish                             the built book as an offline site (book.publish)
+    fer recipe runs/a runs/b --machine M --out book/recipe/x.csv
+                                            the recipe ledger: steps, costs, paired gains (analysis.recipe)
     fer synthetic --out DIR                 generate the built-in synthetic dataset (data.synthetic)
 
 `fer COMMAND --help` gives each command's options. Each command's module is
@@ -25,6 +27,7 @@ COMMANDS = {
     "demo": "fer_utils.app.demo",
     "export": "fer_utils.app.export",
     "publish": "fer_utils.book.publish",
+    "recipe": "fer_utils.analysis.recipe",
     "synthetic": "fer_utils.data.synthetic",
 }
 

@@ -88,6 +88,17 @@ def test_each_card_has_its_own_classes_scores_and_limits(bundled):
     assert card.curves(ferplus) is not None
 
 
+def test_a_refit_models_card_says_val_was_trained_on_and_the_last_epoch_kept(tmp_path):
+    """A refit model learnt from val: its card must not call val's numbers a held-out selection."""
+    path = with_metrics(tiny_checkpoint(tmp_path / "refit.pt"), dict(
+        test=dict(n=3000, accuracy=0.66, balanced_accuracy=0.6, macro_f1=0.61, role="report split", tta=True)),
+        refit=True, tta_flip=True)
+    (predictor,) = card.predictors(path)
+    assert "refit on train + the selection split (val)" in dict(card.facts(predictor))["training"]
+    scores = card.scores_markdown(predictor)
+    assert "which this model was trained on (refit)" in scores and "chose the kept epoch" not in scores
+
+
 def test_no_bundled_model_is_said_so(tmp_path, monkeypatch):
     monkeypatch.setattr(predict, "BUNDLED_MODELS", {"ferplus": tmp_path / "a.pt", "fer2013": tmp_path / "b.pt"})
     assert card.predictors() == []

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fer_utils.config import ladder
 from fer_utils.config.params import DEFAULTS, SCHEMA, ParamsError, parse_override, resolve
 from fer_utils.config.registry import MODELS
 from fer_utils.engine.models import create_model
@@ -145,3 +146,14 @@ def test_each_model_minimum_image_size_is_the_smallest_that_runs(model, one_thre
 def test_regularized_cnn_with_dropblock_runs_at_every_accepted_image_size(size, one_thread):
     # The ablation ladder's "regularized" rung trains regularized_cnn with dropblock 0.1 at the run's image_size.
     assert run_error("regularized_cnn", size, 1, dropblock=0.1) is None
+
+
+def test_refit_needs_the_protocol_fixed_and_no_early_stopping_and_never_reaches_the_ablation():
+    """refit trains on the selection split, so nothing may be chosen there: the protocol must be given and
+    no epoch picked by it; the ablation's rungs, scored on val, never refit."""
+    with pytest.raises(ParamsError, match="tta_flip=null"):
+        resolve(None, dict(refit=True))
+    with pytest.raises(ParamsError, match="early_stopping=3"):
+        resolve(None, dict(refit=True, tta_flip=True, early_stopping=3))
+    params = resolve(None, dict(refit=True, tta_flip=False))
+    assert params["refit"] and ladder.variant_params(params, "baseline")["refit"] is False

@@ -73,6 +73,8 @@ def test_book_builds_then_cache_skips(isolated, tmp_path, capsys):
     assert (tmp_path / "runs" / "second" / "01_data.ipynb").is_file()
     runs_page = (html / "runs.html").read_text()
     assert "tiny" in runs_page and "second" in runs_page
+    # The recipe page is the committed ledgers', whatever the book's own run: steps tried on real faces.
+    assert "Recipe: each step and what it paid" in (html / "recipe.html").read_text()
     assert_no_machine_paths(html, tmp_path)
 
 
@@ -81,7 +83,7 @@ def assert_no_machine_paths(html, tmp_path):
     build's own folders (runs and data under tmp_path); paths are shown relative, under ~, or as .../name."""
     folders = [str(REPO_ROOT), str(Path.home()) + "/", str(tmp_path)]
     pages = sorted(html.glob("*.html"))
-    assert {p.stem for p in pages} >= {"index", "01_data", "03_evaluation", "06_demo", "07_model_card", "runs"}
+    assert {p.stem for p in pages} >= {"index", "01_data", "03_evaluation", "06_demo", "07_model_card", "runs", "recipe"}
     for page in pages:
         text = page.read_text()
         assert not [f for f in folders if f in text], page.name

@@ -2,6 +2,7 @@
 sampling, augmentation, torchrun. Tiny models (width 8) on a tiny 32 px folders dataset."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import yaml
 from PIL import Image
 
 from fer_utils import metrics
+from fer_utils.analysis import evaluate
 from fer_utils.data import images
 from fer_utils.engine import checkpoint, models, optim, runtime, sampling, train, transforms
 from fer_utils.data.datasets import open_dataset
@@ -126,6 +128,25 @@ def test_checkpoint_is_plain_data_and_outputs_are_written(data_root, tmp_path):
     model, _ = checkpoint.load_model(result["best_checkpoint"])
     assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 4)
     assert result["images_per_s"] > 0 and 0 <= result["best_metrics"]["val_macro_f1"] <= 1
+
+
+def test_refit_trains_on_train_and_the_selection_split_and_keeps_the_last_epoch(data_root, tmp_path, capsys):
+    """The final model (refit=true) learns from val too, so val cannot pick its epoch (the last is kept) nor
+    its protocol (tta_flip, given), and the evaluation says that val's scores are not held out."""
+    params = make_params(data_root, refit=True, tta_flip=False, selection_fraction=0.25, bootstrap=20)
+    ds = open_dataset(params)
+    n_train, n_val = len(ds.split("train")), len(ds.split("val"))
+    out = train.fit(params, ds, tmp_path / "run")
+    assert f"on {n_train + n_val} images, {n_val} val" in capsys.readouterr().out
+    assert out["best_epoch"] == params["epochs"]
+    assert state_dicts_equal(*(torch.load(tmp_path / "run" / f, weights_only=True)["model"] for f in ("best.pt", "last.pt")))
+    result = evaluate.run(params, ds, tmp_path / "run", "cpu")
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["val"]["role"] == evaluate.REFIT_ROLE and saved["test"]["role"] == "report split"
+    assert saved["checkpoint"]["selected_by"] == evaluate.REFIT_SELECTION
+    assert result["tta"]["decided_by"] == "forced by tta_flip=false" and not result["tta"]["used"]
+    with pytest.raises(train.DataError, match="refit is only offered with num_workers=0"):
+        train.fit(dict(params, num_workers=2, retrain=True), ds, tmp_path / "workers")
 
 
 def test_reuse_ignores_non_training_keys_but_not_training_ones(data_root, tmp_path, capsys):

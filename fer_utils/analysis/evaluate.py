@@ -471,6 +471,8 @@ TTA_NOTE = "; each face is predicted together with its mirror image (flip test-t
 ORIGINAL = "test_original"  # the report split with its duplicates put back: the dataset's own split as published
 ROLE = {"test": "report split", "val": "selection split",
         ORIGINAL: "original report split, duplicates included: for comparison with published numbers only"}
+REFIT_ROLE = "selection split, trained on (refit): not held out, optimistic"
+REFIT_SELECTION = "the last epoch (refit on train + val, with a run without refit's choices)"
 
 
 def decide_tta(plain: pd.DataFrame, flipped: pd.DataFrame, forced: bool | None, n_boot: int = 1000,
@@ -577,10 +579,13 @@ def run(params: dict, ds: Dataset, run_dir, device) -> dict:
         if split in frames:
             save_predictions(frames[split], run_dir, split)
             per_split[split] = _scored(frames[split], ds, majority, params, split, tta["used"])
+    if params["refit"]:
+        per_split["val"]["summary"]["role"] = REFIT_ROLE
     summaries = [r["summary"] for r in per_split.values()]
     save_metrics(summaries, run_dir, checkpoint=dict(
         path=str(ckpt["path"]), epoch=int(ckpt["epoch"]), best_epoch=int(ckpt["best_epoch"]),
-        selected_by="val macro-F1 (selection split)", model=ckpt["model_config"]["name"],
+        selected_by=REFIT_SELECTION if params["refit"] else "val macro-F1 (selection split)",
+        model=ckpt["model_config"]["name"],
         report_split="test" if "test" in per_split else "val", tta_flip=tta))
     return dict(ckpt=ckpt, per_split=per_split, summaries=summaries, table=summary_table(summaries), tta=tta,
                 reported=reported_by_training(ckpt), recomputed=scores(plain["true"], plain["predicted"]),

@@ -80,7 +80,9 @@ def facts(predictor: Predictor) -> list[tuple[str, str]]:
         ("training", f"at most {trained['epochs']} epochs"
                      + (f", early stopping after {trained['early_stopping']} without improvement"
                         if trained.get("early_stopping") else "")
-                     + f"; kept: epoch {ckpt.get('best_epoch', '?')}, the best val macro-F1 (selection split)"),
+                     + (f"; refit on train + the selection split (val) with the choices of a run without refit, "
+                        f"kept: the last epoch ({ckpt.get('best_epoch', '?')})" if trained.get("refit") else
+                        f"; kept: epoch {ckpt.get('best_epoch', '?')}, the best val macro-F1 (selection split)")),
     ]
     rows += [(str(key).replace("_", " "), f"{value}") for key, value in (ckpt.get("provenance") or {}).items()]
     return rows
@@ -124,7 +126,12 @@ def scores_markdown(predictor: Predictor) -> str:
                      f"`fer predict` and the demo use {PROTOCOL[predictor.tta]} with this model (its "
                      "`tta_flip` training parameter).")
         parts += [per_class_f1(split, m, predictor.classes) for split, m in metrics.items() if m.get("f1_per_class")]
-    if best:
+    if best and trained_params(predictor).get("refit"):
+        parts.append(
+            f"At the kept (last) epoch ({best['epoch']}), training logged on the **val split**, which this model "
+            f"was trained on (refit): accuracy {best['val_accuracy']:.1%}, macro-F1 {best['val_macro_f1']:.3f}. "
+            "These are scores on training images, not held out; the report split's above are the ones to read.")
+    elif best:
         parts.append(
             f"At the kept epoch ({best['epoch']}), training logged on the **val split** (selection split): "
             f"accuracy {best['val_accuracy']:.1%}, balanced accuracy (mean recall over classes) "

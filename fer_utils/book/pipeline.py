@@ -27,12 +27,13 @@ from pathlib import Path
 
 import yaml
 
-from ..analysis import cross_dataset, evaluate
+from ..analysis import cross_dataset, evaluate, recipe
 from ..config import params as params_mod
 from ..data.datasets import DataError, open_dataset
 from ..paths import BOOK_DIR, BUILD_DIR, NOTEBOOK_DIR, REPO_ROOT, RUNS_DIR, atomic_write, display_path, write_text
 from .notebook import shown_params
 
+RECIPE_DIR = BOOK_DIR / "recipe"  # the recipe ledgers (`fer recipe`), a page of every book
 PACKAGES = ("torch", "torchvision", "numpy", "pandas", "scikit-learn", "opencv-python-headless", "plotly",
             "papermill", "jupytext", "jupyter-book")
 
@@ -290,7 +291,7 @@ def _copy_for_book(executed: Path, target: Path) -> None:
 
 def build_book(run_dirs: list[Path]) -> Path:
     """Assemble the book's source (chapters of the first run, a comparison page when there are
-    several) and build it; swap it in only on success."""
+    several, the recipe page from the committed ledgers) and build it; swap it in only on success."""
     run_dir = run_dirs[0]
     src = BUILD_DIR / "src"
     shutil.rmtree(src, ignore_errors=True)
@@ -312,6 +313,10 @@ def build_book(run_dirs: list[Path]) -> Path:
     if len(run_dirs) > 1:
         write_text(src / "runs.md", _comparison_page(run_dirs))
         pages.append(dict(file="runs"))
+    ledgers = recipe.read_ledgers(RECIPE_DIR)
+    if ledgers:
+        write_text(src / "recipe.md", recipe.page(ledgers))
+        pages.append(dict(file="recipe"))
     write_text(src / "_toc.yml", yaml.safe_dump(dict(format="jb-book", root="index", chapters=pages),
                                                 sort_keys=False))
     staging = BUILD_DIR / "staging"

@@ -79,7 +79,7 @@ def variant_params(params: dict, name: str, seed: int | None = None) -> dict:
     epochs = params.get("ablation_epochs") or params["epochs"]
     return {**params, **VARIANTS[name].overrides, "epochs": epochs,
             "seed": params["seed"] if seed is None else seed, "run_name": f"{params['run_name']}-{name}",
-            "checkpoint": "best"}
+            "checkpoint": "best", "refit": False}  # rungs are scored on val: never trained on it
 
 
 def changes_between(above: str, name: str) -> list[str]:

@@ -50,7 +50,7 @@ SCHEMA: dict[str, Param] = {
     "dedup": Param(True, bool, "move val/test images whose pixels equal a train image to val_dup/test_dup"),
     "ferplus_rule": Param("majority", ("majority", "plurality"), "FER+ labels: the paper's majority rule (single "
                           "votes dropped, > 50% agreement) or the arg-max of the votes"),
-    "synthetic_size": Param(64, int, "synthetic image side in pixels", low=16, high=1024),
+    "synthetic_size": Param(64, int, "synthetic image side in pixels", low=32, high=512),
     "image_size": Param(48, int, "side the model sees, in pixels (each model has its own minimum)", low=8,
                         high=1024),
     "channels": Param(1, (1, 3), "1 = grayscale, 3 = RGB"),
@@ -81,6 +81,9 @@ SCHEMA: dict[str, Param] = {
     "imbalance": Param("none", ("none", "weighted_loss", "weighted_sampler"), "class-imbalance handling"),
     "early_stopping": Param(None, int, "stop after this many epochs without a better val macro-F1; null = off",
                             low=1),
+    "refit": Param(False, bool, "the final model: train on train + the selection split (val) with the choices a "
+                   "run without refit made there (epochs, tta_flip, ...); the last epoch is kept, val is no longer "
+                   "held out, and the report split (test) still made no choice. Needs tta_flip true or false"),
     # -- augmentation
     "aug_flip": Param(False, bool, "random horizontal flip"),
     "aug_rotate": Param(0.0, float, "max random rotation, degrees (with small shift/scale)", low=0.0, high=180.0),
@@ -171,8 +174,8 @@ def _check_value(key: str, value):
 
 
 def _check_together(params: dict) -> None:
-    """Rules across keys: the model's smallest input, the ablation rungs' names, and no second-dataset
-    setting without the second dataset (it would be silently ignored)."""
+    """Rules across keys: the model's smallest input, the ablation rungs' names, refit's fixed choices, and
+    no second-dataset setting without the second dataset (it would be silently ignored)."""
     minimum = registry.MODELS[params["model"]].min_image_size
     if params["image_size"] < minimum:
         raise ParamsError(f"parameter 'image_size' = {params['image_size']} is too small for model "
@@ -181,6 +184,13 @@ def _check_together(params: dict) -> None:
         ladder.variant_names(params)
     except ValueError as err:
         raise ParamsError(f"parameter 'ablation': {err}") from None
+    if params["refit"]:
+        clash = (["tta_flip=null"] if params["tta_flip"] is None else []) + (
+            [f"early_stopping={params['early_stopping']}"] if params["early_stopping"] is not None else [])
+        if clash:
+            raise ParamsError(f"refit=true trains on the selection split (val), which then cannot choose: set "
+                              f"tta_flip to the protocol a run without refit chose, and leave early_stopping null "
+                              f"(got {', '.join(clash)})")
     for key in ("eval_data_dir", "eval_split"):
         if params[key] is not None and params["eval_dataset"] is None:
             raise ParamsError(f"parameter '{key}' = {params[key]!r} needs 'eval_dataset' (the second dataset's "

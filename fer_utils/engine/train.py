@@ -314,15 +314,20 @@ def load_arrays(run: Run) -> Arrays:
         raise DataError(f"va_weight > 0 trains a valence/arousal head, which needs valence and arousal "
                         f"annotations; the '{data.format}' dataset has none in its {' and '.join(unannotated)} "
                         "split (AffectNet and the synthetic faces have them): set va_weight=0")
+    if params["refit"] and params["num_workers"] > 0:
+        raise DataError("refit=true joins val to train in memory; with num_workers > 0 (memory-mapped large data) "
+                        "that copy may not fit: refit is only offered with num_workers=0")
     with rank0_first():
         x_train, y_train, locations = images.load_split(data, "train", params["image_size"], params["channels"])
         x_val, y_val, val_locations = images.load_split(data, "val", params["image_size"], params["channels"])
+    if params["refit"]:  # the final model: val joins train (it is still scored, no longer held out)
+        x_train, y_train = np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val])
+        locations = np.concatenate([np.asarray(locations, dtype=object), np.asarray(val_locations, dtype=object)])
     if len(y_train) < 2:
         raise DataError(f"the train split has {len(y_train)} usable images; training needs at least 2")
     target = soft_targets(data, locations) if params["soft_labels"] else y_train
-    va_train, va_val = ((valence_arousal_targets(data, "train", locations),
-                         valence_arousal_targets(data, "val", val_locations)) if params["va_weight"] > 0
-                        else (None, None))
+    va_train, va_val = ((valence_arousal_targets(data, locations), valence_arousal_targets(data, val_locations))
+                        if params["va_weight"] > 0 else (None, None))
     return Arrays(x_train, y_train, target, target, x_val, y_val, len(data.classes), va_train, va_val)
 
 
@@ -332,22 +337,27 @@ def has_valence_arousal(data: Dataset, split: str) -> bool:
     return all(c in rows.columns and rows[c].notna().any() for c in metrics.VA_NAMES)
 
 
-def valence_arousal_targets(data: Dataset, split: str, locations) -> np.ndarray:
-    """`split`'s valence and arousal (N x 2, float32, NaN where a face is not annotated), in the order of
-    `locations` (load_split's)."""
-    va = data.split(split).set_index("location")[list(metrics.VA_NAMES)].astype(np.float32)
+def _trainable_rows(data: Dataset) -> pd.DataFrame:
+    """The rows of train and val (what training and its validation read; refit trains on both), by location."""
+    return data.frame[data.frame["split"].isin(["train", "val"])].set_index("location")
+
+
+def valence_arousal_targets(data: Dataset, locations) -> np.ndarray:
+    """The valence and arousal of the faces at `locations` (load_split's order; N x 2, float32, NaN where a
+    face is not annotated)."""
+    va = _trainable_rows(data)[list(metrics.VA_NAMES)].astype(np.float32)
     return va.loc[[str(loc) for loc in locations]].to_numpy(copy=True)
 
 
 def soft_targets(data: Dataset, locations) -> np.ndarray:
-    """The train faces' vote distributions (N x classes, float32, rows summing to 1), in the order of
-    `locations` (load_split's). A dataset without `votes_<class>` columns (only FER+ has them) is an error."""
+    """The vote distributions of the faces at `locations` (load_split's order; N x classes, float32, rows
+    summing to 1). A dataset without `votes_<class>` columns (only FER+ has them) is an error."""
     columns = [f"votes_{c}" for c in data.classes]
     missing = [c for c in columns if c not in data.frame.columns]
     if missing:
         raise DataError(f"soft_labels=true needs a vote distribution per face (columns {', '.join(columns)}); the "
                         f"'{data.format}' dataset has no {', '.join(missing)} (only FER+ carries votes)")
-    votes = data.split("train").set_index("location")[columns].astype(np.float32)
+    votes = _trainable_rows(data)[columns].astype(np.float32)
     return votes.loc[[str(loc) for loc in locations]].to_numpy(copy=True)
 
 
@@ -492,13 +502,14 @@ def fit(params: dict, data: Dataset | None = None, run_dir: str | Path | None = 
     log(f"training {params['model']} (width {params['width']}, {count_parameters(opt.model):,} parameters) on "
         f"{len(arrays.y_train)} images, {len(arrays.y_val)} val, {arrays.num_classes} classes, {run.device}"
         + (f" x {run.world} processes" if run.world > 1 else "")
-        + f", {params['epochs']} epochs of {opt.steps} steps -> {run.run_dir}")
+        + f", {params['epochs']} epochs of {opt.steps} steps -> {run.run_dir}"
+        + ("; refit: val is trained on, the last epoch is kept" if params["refit"] else ""))
     try:
         for epoch in range(run.start_epoch + 1, params["epochs"] + 1):
             row = fit_one_epoch(run, arrays, opt, epoch)
             for k, value in row.items():
                 run.history.setdefault(k, []).append(value)
-            improved = row["val_macro_f1"] > run.best_metric
+            improved = params["refit"] or row["val_macro_f1"] > run.best_metric  # refit: val cannot choose
             if improved:
                 run.best_metric, run.best_epoch = row["val_macro_f1"], epoch
             finished = should_stop(run, epoch)

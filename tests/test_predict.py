@@ -54,6 +54,20 @@ def test_given_checkpoint_is_used(tiny, predictor):
     assert predictor.warning() is None
 
 
+def test_the_description_gives_the_report_split_score_when_the_checkpoint_has_one(tmp_path):
+    """What the book reports (held out, under the headline protocol), not the optimistic selection split."""
+    path = tiny_checkpoint(tmp_path / "scored.pt")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["metrics"] = dict(test=dict(n=3309, accuracy=0.651, balanced_accuracy=0.595, macro_f1=0.611, tta=True))
+    torch.save(ckpt, path)
+    predictor = predict.load_predictor(path)
+    text = predictor.describe()
+    assert ("(flip TTA); on its report split (3,309 held-out faces): accuracy 65.1%, balanced accuracy 59.5%, "
+            "macro-F1 0.611.") in text and "validation" not in text
+    predictor.tta = False  # --no-tta: the score was not measured that way, and the description says so
+    assert "(3,309 held-out faces, scored with flip TTA)" in predictor.describe()
+
+
 def test_run_checkpoint_wins_over_the_bundled_one(tmp_path, tiny, monkeypatch):
     monkeypatch.setattr(predict, "BUNDLED_MODELS", {"ferplus": tiny})
     run = tmp_path / "runs" / "x"

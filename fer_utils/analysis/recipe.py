@@ -131,7 +131,7 @@ def _gain_text(row: pd.Series, split: str) -> str:
         return "- (trained on: refit)"
     if not row["reference"]:
         return "baseline"
-    return (f"{row[f'{split}_f1_gain']:+.3f} ({row[f'{split}_gain_low']:+.3f} to {row[f'{split}_gain_high']:+.3f}): "
+    return (f"{row[f'{split}_f1_gain']:+.3f} [{row[f'{split}_gain_low']:+.3f}, {row[f'{split}_gain_high']:+.3f}] "
             f"{row[f'{split}_verdict']}")
 
 
@@ -147,17 +147,21 @@ def section(table: pd.DataFrame, title: str) -> list[str]:
     lines = [f"## {title}", "",
              f"Dataset `{table['dataset'].iloc[0]}`, data fingerprint `{table['data_fingerprint'].iloc[0]}`; "
              f"trained on: {table['machine'].iloc[0]}.", "",
-             "| step | against | what it changes | training | protocol | val macro-F1 | gain on val (95% CI) "
-             "| test accuracy | test balanced accuracy | test macro-F1 | gain on test (95% CI) "
-             "| original test accuracy |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "What each step changed, and what its training cost:", "",
+             "| step | against | what it changes | minutes | img/s | epochs (kept) |", "|---|---|---|---|---|---|"]
+    for _, r in table.iterrows():
+        lines.append(f"| `{r['step']}` | {('`' + r['reference'] + '`') if r['reference'] else '-'} "
+                     f"| {r['changes'] or '-'} | {r['train_minutes']:.1f} | {r['images_per_s']:.0f} "
+                     f"| {r['epochs']} ({r['best_epoch']}) |")
+    lines += ["", "What it scored: macro-F1 gains over the run it changes, with their paired 95% CI in brackets; "
+              "the test columns are accuracy / balanced accuracy / macro-F1.", "",
+              "| step | protocol | val macro-F1 | gain on val | test | gain on test | original test accuracy |",
+              "|---|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
         lines.append(
-            f"| `{r['step']}` | {('`' + r['reference'] + '`') if r['reference'] else '-'} | {r['changes'] or '-'} "
-            f"| {r['train_minutes']:.1f} min, {r['images_per_s']:.0f} img/s, {r['epochs']} epochs (best "
-            f"{r['best_epoch']}) | {r['protocol']} | {r['val_macro_f1']:.3f}"
+            f"| `{r['step']}` | {r['protocol']} | {r['val_macro_f1']:.3f}"
             f"{' (trained on)' if r['val_verdict'] == TRAINED_ON else ''} | {_gain_text(r, 'val')} "
-            f"| {_pct(r['test_accuracy'])} | {_pct(r['test_balanced_accuracy'])} | {r['test_macro_f1']:.3f} "
+            f"| {_pct(r['test_accuracy'])} / {_pct(r['test_balanced_accuracy'])} / {r['test_macro_f1']:.3f} "
             f"| {_gain_text(r, 'test')} | {_pct(r['test_original_accuracy'])} |")
     lines.append("")
     if len(steps):

@@ -41,6 +41,9 @@ from .faces import ImageError
 BUNDLED_MODELS = {"ferplus": WEIGHTS_DIR / "ferplus_resnet.pt", "fer2013": WEIGHTS_DIR / "fer2013_resnet.pt"}
 
 
+REPORTED = ("accuracy", "balanced_accuracy", "macro_f1")  # the report-split scores a description gives
+
+
 class NoCheckpointError(FileNotFoundError):
     """No checkpoint to predict with: none given, no run checkpoint and no bundled model."""
 
@@ -57,6 +60,7 @@ class Predictor:
     channels: int
     device: torch.device
     tta: bool = False      # flip test-time augmentation: the checkpoint's headline protocol unless overridden
+    report: dict | None = None  # the evaluation's report-split (test) headline, when recorded
 
     @property
     def dataset(self) -> str:
@@ -77,10 +81,16 @@ class Predictor:
                 + (", and valence and arousal" if cfg.get("valence_arousal") else "") + "), "
                 f"{self.image_size}x{self.image_size} {'grayscale' if self.channels == 1 else 'RGB'} faces; "
                 + ("each face averaged with its mirror image (flip TTA)" if self.tta else "one pass per face"))
-        best = self.best_metrics()
-        if best:
+        best, r = self.best_metrics(), self.report
+        if r:  # the number the book reports: held out, under the headline protocol
+            other = "" if bool(r.get("tta")) == self.tta else (
+                ", scored with flip TTA" if r.get("tta") else ", scored with one pass per face")
+            faces = f"{r['n']:,} held-out faces" if "n" in r else "held out"
+            text += (f"; on its report split ({faces}{other}): accuracy {r['accuracy']:.1%}, "
+                     f"balanced accuracy {r['balanced_accuracy']:.1%}, macro-F1 {r['macro_f1']:.3f}")
+        elif best and not self.checkpoint.get("params", {}).get("refit"):  # a refit was trained on val
             text += (f"; validation macro-F1 {best['val_macro_f1']:.3f}, balanced accuracy "
-                     f"{best['val_balanced_accuracy']:.1%} (epoch {best['epoch']})")
+                     f"{best['val_balanced_accuracy']:.1%} (epoch {best['epoch']}, the selection split)")
         return text + "."
 
     def warning(self) -> str | None:
@@ -150,9 +160,11 @@ def load_predictor(checkpoint=None, run_dir=None, device: str = "cpu", bundled: 
     model, ckpt = load_model(path, device)
     cfg = ckpt["model_config"]
     metrics = _run_metrics(path)
+    report = (metrics if metrics is not None else ckpt.get("metrics") or {}).get("test")
     return Predictor(model=model, checkpoint=ckpt, path=path, source=source, classes=list(ckpt["classes"]),
                      image_size=int(cfg["image_size"]), channels=int(cfg["in_channels"]),
-                     device=torch.device(device), tta=inference.headline_tta(ckpt, metrics))
+                     device=torch.device(device), tta=inference.headline_tta(ckpt, metrics),
+                     report=report if isinstance(report, dict) and set(REPORTED) <= set(report) else None)
 
 
 @dataclass

@@ -140,6 +140,10 @@ def test_bad_params_fail_before_any_work(isolated, tmp_path, capsys):
     assert pipeline.main([str(isolated)]) == 1
     assert "unknown parameter 'epoch'" in capsys.readouterr().out
     assert not (tmp_path / "runs").exists()
+    isolated.write_text(TINY)
+    assert pipeline.main([str(isolated), "-p", "refit=true", "-p", "tta_flip=true"]) == 1
+    assert "refit=true trains on the selection split (val)" in capsys.readouterr().out
+    assert not (tmp_path / "runs").exists()
 
 
 def test_code_hash_follows_the_executed_code_and_the_bundled_weights(tmp_path, monkeypatch):

@@ -151,7 +151,8 @@ def execute(notebook: Path, run_dir: Path) -> None:
 
 
 def plan(params_files: list[Path], overrides: dict, sweep: str | None = None) -> list[tuple[Path, dict]]:
-    """The batch: one (params file, overrides) per run, with distinct run names.
+    """The batch: one (params file, overrides) per run, with distinct run names; no refit run (its val is
+    not held out, and the chapters treat it as such).
 
     Overrides and sweep values name the run (`default-lr=0.01`) unless run_name is given,
     so runs of one params file with different values never overwrite each other.
@@ -169,7 +170,13 @@ def plan(params_files: list[Path], overrides: dict, sweep: str | None = None) ->
             if extra and "run_name" not in extra:
                 stem = params_mod.resolve(params_file)["run_name"]
                 extra["run_name"] = "-".join([stem] + [f"{k}={v}" for k, v in extra.items()]).replace("/", "_")
-            name = params_mod.resolve(params_file, extra)["run_name"]
+            resolved = params_mod.resolve(params_file, extra)
+            if resolved["refit"]:
+                raise params_mod.ParamsError(
+                    f"{params_file}: refit=true trains on the selection split (val), where the chapters fit the "
+                    "calibration temperature and that the pages call held out: build the book of the run without "
+                    "refit, and train the final model with `fer train ... -p refit=true`")
+            name = resolved["run_name"]
             if name in names:
                 raise params_mod.ParamsError(f"{params_file} and {names[name]} would both write runs/{name}; "
                                              "give one of them another run_name")

@@ -83,7 +83,8 @@ SCHEMA: dict[str, Param] = {
                             low=1),
     "refit": Param(False, bool, "the final model: train on train + the selection split (val) with the choices a "
                    "run without refit made there (epochs, tta_flip, ...); the last epoch is kept, val is no longer "
-                   "held out, and the report split (test) still made no choice. Needs tta_flip true or false"),
+                   "held out, and the report split (test) still made no choice. Needs tta_flip true or false. For "
+                   "`fer train`: the book refuses it (its chapters treat val as held out)"),
     # -- augmentation
     "aug_flip": Param(False, bool, "random horizontal flip"),
     "aug_rotate": Param(0.0, float, "max random rotation, degrees (with small shift/scale)", low=0.0, high=180.0),

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_utils.analysis.evaluate import load_predictions
+from fer_utils.analysis.evaluate import load_predictions, prob_columns
+from fer_utils.engine.checkpoint import load_checkpoint
 from fer_utils.metrics import scores
 
 SPLITS = ("val", "test")
@@ -28,8 +29,8 @@ SPLITS = ("val", "test")
 def probabilities(run_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(true labels, probabilities N x classes, class names) of a run's split, sorted by location."""
     frame = load_predictions(run_dir, split).sort_values("location", ignore_index=True)
-    columns = [c for c in frame.columns if c.startswith("prob_")]
-    return frame["true"].to_numpy(), frame[columns].to_numpy(), [c[len("prob_"):] for c in columns]
+    classes = load_checkpoint(run_dir / "best.pt")["classes"]
+    return frame["true"].to_numpy(), prob_columns(frame, classes), list(classes)
 
 
 def main(argv=None) -> int:

@@ -87,6 +87,12 @@ def test_runs_of_other_data_or_unfinished_runs_are_refused_with_the_reason(runs,
     err = capsys.readouterr().err
     assert "not a finished, evaluated run" in err and "metrics.json" in err and "history.csv" in err
     assert not (tmp_path / "x.csv").exists()
+    fewer = tmp_path / "fewer"  # the same data, but scored on other val images
+    shutil.copytree(runs["longer"], fewer)
+    val = pd.read_csv(fewer / "predictions_val.csv")
+    val.iloc[1:].to_csv(fewer / "predictions_val.csv", index=False)
+    with pytest.raises(recipe.RecipeError, match="were not scored on the same val images"):
+        recipe.ledger([(runs["base"], None), (fewer, runs["base"])], "m")
     stale = tmp_path / "stale"
     shutil.copytree(runs["base"], stale)
     metrics = json.loads((stale / "metrics.json").read_text())

@@ -541,7 +541,8 @@ def valence_arousal_table(summaries: list[dict]) -> pd.DataFrame:
 def _scored(frame: pd.DataFrame, ds: Dataset, majority: str, params: dict, split: str, tta: bool) -> dict:
     summary = split_summary(frame["true"], frame["predicted"], ds.classes, majority, params["bootstrap"],
                             params["seed"], split)
-    summary.update(role=ROLE[split], tta=tta, **clean_label_scores(ds, frame), **valence_arousal_summary(ds, frame))
+    role = REFIT_ROLE if split == "val" and params["refit"] else ROLE[split]
+    summary.update(role=role, tta=tta, **clean_label_scores(ds, frame), **valence_arousal_summary(ds, frame))
     if tta:
         summary["protocol"] += TTA_NOTE
     return dict(frame=frame, summary=summary, table=per_class_table(frame["true"], frame["predicted"], ds.classes),
@@ -579,8 +580,6 @@ def run(params: dict, ds: Dataset, run_dir, device) -> dict:
         if split in frames:
             save_predictions(frames[split], run_dir, split)
             per_split[split] = _scored(frames[split], ds, majority, params, split, tta["used"])
-    if params["refit"]:
-        per_split["val"]["summary"]["role"] = REFIT_ROLE
     summaries = [r["summary"] for r in per_split.values()]
     save_metrics(summaries, run_dir, checkpoint=dict(
         path=str(ckpt["path"]), epoch=int(ckpt["epoch"]), best_epoch=int(ckpt["best_epoch"]),

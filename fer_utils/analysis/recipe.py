@@ -30,9 +30,9 @@ import yaml
 
 from ..config import params as params_mod
 from ..paths import RUNS_DIR, atomic_write
-from .evaluate import paired_bootstrap
+from .evaluate import load_predictions, paired_bootstrap
 
-SPLITS = {"val": "selection split (val)", "test": "report split (test)"}
+SPLITS = ("val", "test")  # the selection split, where the choice is made, then the report split
 TRAINED_ON = "trained on"  # a refit step's val verdict: it learnt from val, so val cannot judge it
 
 
@@ -60,8 +60,7 @@ def _read_run(run_dir: Path) -> dict:
         history=pd.read_csv(run_dir / "history.csv"),
         metrics=metrics,
         fingerprint=ckpt.get("fingerprint"),
-        predictions={split: pd.read_csv(run_dir / f"predictions_{split}.csv", usecols=["location", "true", "predicted"])
-                     for split in SPLITS})
+        predictions={split: load_predictions(run_dir, split) for split in SPLITS})
 
 
 def changes(params: dict, reference: dict) -> str:

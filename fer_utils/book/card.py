@@ -69,6 +69,9 @@ def facts(predictor: Predictor) -> list[tuple[str, str]]:
     ckpt, cfg, path = predictor.checkpoint, predictor.checkpoint["model_config"], predictor.path
     trained = trained_params(predictor)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    kept = (f"refit on train + the selection split (val) with the choices of a run without refit, kept: the last "
+            f"epoch ({ckpt.get('best_epoch', '?')})" if trained.get("refit") else
+            f"kept: epoch {ckpt.get('best_epoch', '?')}, the best val macro-F1 (selection split)")
     rows = [
         ("file", f"`{display_path(path)}` ({path.stat().st_size / 1e6:.1f} MB, sha256 `{digest[:16]}…`)"),
         ("model", f"{cfg['name']}, width {cfg['width']}, {count_parameters(predictor.model):,} parameters"
@@ -80,9 +83,7 @@ def facts(predictor: Predictor) -> list[tuple[str, str]]:
         ("training", f"at most {trained['epochs']} epochs"
                      + (f", early stopping after {trained['early_stopping']} without improvement"
                         if trained.get("early_stopping") else "")
-                     + (f"; refit on train + the selection split (val) with the choices of a run without refit, "
-                        f"kept: the last epoch ({ckpt.get('best_epoch', '?')})" if trained.get("refit") else
-                        f"; kept: epoch {ckpt.get('best_epoch', '?')}, the best val macro-F1 (selection split)")),
+                     + f"; {kept}"),
     ]
     rows += [(str(key).replace("_", " "), f"{value}") for key, value in (ckpt.get("provenance") or {}).items()]
     return rows

@@ -195,7 +195,8 @@ def test_ferplus_official_folder_names_map_and_unknown_folders_are_refused(tmp_p
         read_ferplus(root)
 
 
-def test_missing_or_wrong_folder_names_path_and_layout(tmp_path, folders_dataset):
+def test_missing_or_wrong_folder_names_path_and_layout(tmp_path, folders_dataset, monkeypatch):
+    monkeypatch.delenv("FER_DATA_DIR", raising=False)  # no folder given anywhere: the error names the variable
     with pytest.raises(DataError, match=r"nowhere.*Expected layout.*<split>/<class>"):
         open_dataset(resolve(None, dict(dataset="folders", data_dir=str(tmp_path / "nowhere"))))
     with pytest.raises(DataError, match=r"train_set/ and val_set/"):

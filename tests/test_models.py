@@ -12,8 +12,8 @@ from torch import nn
 from torchvision.ops import DropBlock2d
 
 from fer_utils.engine.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, load_model, save_checkpoint
-from fer_utils.engine.models import (MODELS, SHORTCUTS, StridedPointwise, create_model, model_from_config,
-                                     resnet18_weights_path, valence_arousal)
+from fer_utils.engine.models import (MODELS, SHORTCUTS, StridedPointwise, count_parameters, create_model,
+                                     model_from_config, resnet18_weights_path, valence_arousal)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -33,7 +33,7 @@ def test_output_shape(name, channels, size):
 
 
 def test_unknown_name_lists_valid_names():
-    with pytest.raises(ValueError, match="baseline_cnn, regularized_cnn, resnet, resnet18"):
+    with pytest.raises(ValueError, match="baseline_cnn, regularized_cnn, resnet, pool_resnet, resnet18"):
         create_model("vgg", 7)
 
 
@@ -198,6 +198,26 @@ def test_valence_arousal_head_leaves_the_logits_alone_and_is_rebuilt_from_the_co
     assert valence_arousal(copy.deepcopy(headed)) is None
     with pytest.raises(CheckpointError, match="valence_arousal expected False, found True"):
         load_checkpoint(paths["headed"], create_model(name, 5, 1, 32, 8))
+
+
+
+def test_pool_resnet_is_the_scripts_size_and_its_first_stage_sees_the_full_face():
+    """Issue 13's script: 0.49 M parameters at width 16, 4 stages of one residual block each, the first
+    on the full 48 px face. Over 64 px a stride-2 stem and max-pool divide the side by 4 first (224 -> 56),
+    and odd sides keep their last row (ceil-mode pools)."""
+    model = create_model("pool_resnet", 7, 1, 48, 16).eval()
+    assert 485_000 <= count_parameters(model) <= 495_000
+    large = create_model("pool_resnet", 7, 3, 224, 8).eval()
+    sides = {}
+    for key, net in (("small", model), ("large", large)):
+        sides[key] = []
+        for stage in net.stages:
+            stage.register_forward_hook(lambda _m, _i, out, kept=sides[key]: kept.append(out.shape[-1]))
+    with torch.no_grad():
+        model(torch.randn(1, 1, 48, 48))
+        assert large(torch.randn(1, 3, 224, 224)).shape == (1, 7)
+        assert create_model("pool_resnet", 7, 1, 45, 8).eval()(torch.randn(2, 1, 45, 45)).shape == (2, 7)
+    assert sides == {"small": [48, 24, 12, 6], "large": [56, 28, 14, 7]}
 
 
 @pytest.mark.parametrize("shortcut", SHORTCUTS)

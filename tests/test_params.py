@@ -108,9 +108,9 @@ def test_cli_bad_params_file_is_one_error_line_without_traceback(tmp_path, comma
     f.write_text(content)
     proc = subprocess.run([sys.executable, "-m", "fer_utils", command[0], str(f), *command[1:]], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
-    lines = (proc.stdout + proc.stderr).splitlines()
-    assert proc.returncode != 0 and len(lines) == 1, proc.stdout + proc.stderr
-    # train: "error: ..." on stderr; the book pipeline logs "[pipeline HH:MM:SS] ERROR: ..." on stdout
+    lines = proc.stderr.splitlines()
+    assert proc.returncode != 0 and len(lines) == 1 and not proc.stdout, proc.stdout + proc.stderr
+    # train: "error: ..."; the book pipeline: "[pipeline HH:MM:SS] ERROR: ..."; both on stderr
     assert "error: " in lines[0].lower() and lines[0].endswith(message.format(file=f)), lines[0]
 
 

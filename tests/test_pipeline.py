@@ -129,20 +129,20 @@ def test_failing_cell_names_notebook_and_cell_and_keeps_book(isolated, tmp_path,
         "# %%\nx = 1\n\n# %%\nraise ValueError('synthetic failure for the test')\n")
     monkeypatch.setattr(pipeline, "NOTEBOOK_DIR", notebooks)
     assert pipeline.main([str(isolated)]) == 1
-    out = capsys.readouterr().out
-    assert "notebook 01_broken.py failed in cell" in out
-    assert "ValueError: synthetic failure for the test" in out
+    err = capsys.readouterr().err
+    assert "notebook 01_broken.py failed in cell" in err
+    assert "ValueError: synthetic failure for the test" in err
     assert (html / "index.html").read_text() == "previous good book"
 
 
 def test_bad_params_fail_before_any_work(isolated, tmp_path, capsys):
     isolated.write_text(TINY + "epoch: 3\n")
     assert pipeline.main([str(isolated)]) == 1
-    assert "unknown parameter 'epoch'" in capsys.readouterr().out
+    assert "unknown parameter 'epoch'" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
     isolated.write_text(TINY)
     assert pipeline.main([str(isolated), "-p", "refit=true", "-p", "tta_flip=true"]) == 1
-    assert "refit=true trains on the selection split (val)" in capsys.readouterr().out
+    assert "refit=true trains on the selection split (val)" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
 
 

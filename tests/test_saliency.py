@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from fer_utils.analysis import saliency
 from fer_utils.data.synthetic import render_face
-from fer_utils.engine.models import MODELS, BasicBlock, create_model
+from fer_utils.engine.models import MODELS, BasicBlock, ResidualPair, create_model
 from fer_utils.engine.transforms import prepare_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -28,7 +28,8 @@ def test_the_logits_see_the_input_only_through_the_feature_layer(name):
     torch.manual_seed(0)
     model = create_model(name, 4, 1, 32, width=8).eval()
     layer = saliency.feature_layer(model)
-    expected = {"resnet": lambda m: m.stages[-1][-1], "resnet18": lambda m: m.layer4}.get(
+    expected = {"resnet": lambda m: m.stages[-1][-1], "pool_resnet": lambda m: m.stages[-1][-1],
+                "resnet18": lambda m: m.layer4}.get(
         name, lambda m: [c for c in m.modules() if isinstance(c, torch.nn.Conv2d)][-1])  # the plain CNNs
     assert layer is expected(model)
     x1, x2 = (prepare_batch(torch.from_numpy(faces(2, seed=s)), memory_format=torch.contiguous_format)
@@ -45,6 +46,8 @@ def test_the_logits_see_the_input_only_through_the_feature_layer(name):
     torch.testing.assert_close(swapped, reference)
     if name == "resnet":
         assert isinstance(layer, BasicBlock)
+    if name == "pool_resnet":
+        assert isinstance(layer, ResidualPair)
 
 
 def test_resnet_grad_cam_is_the_manual_one_at_the_last_block_output():

@@ -42,8 +42,9 @@ class PipelineError(RuntimeError):
     pass
 
 
-def log(message: str) -> None:
-    print(f"[pipeline {time.strftime('%H:%M:%S')}] {message}", flush=True)
+def log(message: str, error: bool = False) -> None:
+    """Progress to stdout; an error (`error=True`) to stderr, so a batch's log and its failures part."""
+    print(f"[pipeline {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr if error else sys.stdout, flush=True)
 
 
 def chapters() -> list[Path]:
@@ -370,7 +371,7 @@ def main(argv=None, prog: str | None = None) -> int:
         if not (args.dry_run or args.no_book):
             build_book(run_dirs)
     except (PipelineError, params_mod.ParamsError, DataError) as err:
-        log(f"ERROR: {err}")
+        log(f"ERROR: {err}", error=True)
         return 1
     except KeyboardInterrupt:
         log("interrupted: finished chapters are kept; the same command continues where this one stopped")

@@ -58,7 +58,7 @@ SCHEMA: dict[str, Param] = {
     # -- model
     "model": Param("baseline_cnn", tuple(registry.MODELS), "model factory name"),
     "width": Param(32, int, "channels of the first stage (custom models)", low=1, high=1024),
-    "dropout": Param(0.0, float, "dropout before the classifier (regularized_cnn, resnet)", low=0.0, high=0.95),
+    "dropout": Param(0.0, float, "dropout before the classifier (regularized_cnn, resnet, pool_resnet)", low=0.0, high=0.95),
     "dropblock": Param(0.0, float, "DropBlock drop probability (regularized_cnn)", low=0.0, high=0.95),
     "pretrained": Param(False, bool, "resnet18: ImageNet weights if cached locally"),
     # -- optimisation

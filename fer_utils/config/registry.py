@@ -18,6 +18,8 @@ MODELS: dict[str, ModelSpec] = {
     "baseline_cnn": ModelSpec("the original study's plain CNN (no batch norm)", 8),
     "regularized_cnn": ModelSpec("the plain CNN with batch norm, dropout and DropBlock", 8),
     "resnet": ModelSpec("a small ResNet sized for 48-224 px faces", 8),
+    "pool_resnet": ModelSpec("a ResNet-9-style net (conv, max-pool, one residual pair per stage) whose first "
+                             "stage sees the full 48 px face", 8),
     "resnet18": ModelSpec("torchvision's ResNet-18 (ImageNet weights if cached locally)", 8),
     "unet": ModelSpec("a small U-Net (encoder-decoder with skip connections) with a classification head", 16),
 }

@@ -208,16 +208,17 @@ def test_pool_resnet_is_the_scripts_size_and_its_first_stage_sees_the_full_face(
     model = create_model("pool_resnet", 7, 1, 48, 16).eval()
     assert 485_000 <= count_parameters(model) <= 495_000
     large = create_model("pool_resnet", 7, 3, 224, 8).eval()
+    odd = create_model("pool_resnet", 7, 1, 45, 8).eval()
     sides = {}
-    for key, net in (("small", model), ("large", large)):
+    for key, net in (("small", model), ("large", large), ("odd", odd)):
         sides[key] = []
         for stage in net.stages:
             stage.register_forward_hook(lambda _m, _i, out, kept=sides[key]: kept.append(out.shape[-1]))
     with torch.no_grad():
         model(torch.randn(1, 1, 48, 48))
         assert large(torch.randn(1, 3, 224, 224)).shape == (1, 7)
-        assert create_model("pool_resnet", 7, 1, 45, 8).eval()(torch.randn(2, 1, 45, 45)).shape == (2, 7)
-    assert sides == {"small": [48, 24, 12, 6], "large": [56, 28, 14, 7]}
+        assert odd(torch.randn(2, 1, 45, 45)).shape == (2, 7)
+    assert sides == {"small": [48, 24, 12, 6], "large": [56, 28, 14, 7], "odd": [45, 23, 12, 6]}
 
 
 @pytest.mark.parametrize("shortcut", SHORTCUTS)

@@ -5,8 +5,8 @@ Grad-CAM (Selvaraju et al., 2017) weights the channels of a feature map by the
 mean gradient of the class score over each channel, keeps the positive part and
 upsamples it to the image. The feature map (`feature_layer`) is the last one
 that everything the logits see passes through: the small ResNet's (or
-pool_resnet's) last block after its skip connection is added, torchvision ResNet-18's layer4, the plain
-CNNs' last convolution. (The last Conv2d of a ResNet lies inside the residual
+pool_resnet's) last block after its skip connection is added, torchvision
+ResNet-18's layer4, the plain CNNs' last convolution. (The last Conv2d of a ResNet lies inside the residual
 branch, before its batch norm and before the skip is added, so a map taken
 there ignores everything the identity path carries.) With `flip`, as in flip
 test-time augmentation, the score is that of the averaged logits of the face
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import ResNet
 
-from ..engine.models import PooledResNet
+from ..engine.models import GlobalPoolClassifier
 from ..engine.runtime import unwrap_model
 from ..engine.transforms import prepare_batch
 
@@ -42,14 +42,15 @@ from ..engine.transforms import prepare_batch
 def feature_layer(model: nn.Module) -> nn.Module | None:
     """The module whose output Grad-CAM weighs: the last one that everything the logits see passes
     through. In a ResNet that is the last block (its output is after the skip is added): the small
-    ResNet's last BasicBlock, pool_resnet's last ResidualPair, torchvision ResNet's layer4. In the plain CNNs it is their last Conv2d
-    (batch norm, ReLU, max-pool and the dense head follow it, nothing bypasses it); their conv stage
-    output after the max-pool would do too, but its maps were empty (no positive evidence) for 457 of
-    the 800 synthetic val faces with the default model (flip TTA), the last Conv2d's for 4: the dense
-    head's weights change sign from cell to cell, so the per-channel mean gradient cancels there.
+    ResNet's last BasicBlock, pool_resnet's last ResidualPair, torchvision ResNet's layer4. In the plain
+    CNNs it is their last Conv2d (batch norm, ReLU, max-pool and the dense head follow it, nothing
+    bypasses it); their conv stage output after the max-pool would do too, but its maps were empty
+    (no positive evidence) for 457 of the 800 synthetic val faces with the default model (flip TTA),
+    the last Conv2d's for 4: the dense head's weights change sign from cell to cell, so the
+    per-channel mean gradient cancels there.
     Another model: its last Conv2d; None without one."""
     model = unwrap_model(model)
-    if isinstance(model, PooledResNet):
+    if isinstance(model, GlobalPoolClassifier):
         return model.stages[-1][-1]
     if isinstance(model, ResNet):
         return model.layer4

@@ -112,7 +112,7 @@ def large_face_stem(in_channels: int, width: int) -> nn.Sequential:
                          nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
 
 
-class PooledResNet(nn.Module):
+class GlobalPoolClassifier(nn.Module):
     """What the ResNets here share: a stem, stages, then global average pool, dropout and a linear
     classifier; every conv Kaiming-initialised. Subclasses build `stem` and `stages`, then `add_head`."""
 
@@ -153,7 +153,7 @@ class BasicBlock(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
-class SmallResNet(PooledResNet):
+class SmallResNet(GlobalPoolClassifier):
     """4 stages of 2 basic blocks (widths w, 2w, 4w, 8w), global average pool, dropout, linear.
 
     Faces of <= 64 px get a stride-1 3x3 stem (a stride-2 stem + max-pool would
@@ -201,7 +201,7 @@ class ResidualPair(nn.Module):
         return x + self.body(x)
 
 
-class PoolResNet(PooledResNet):
+class PoolResNet(GlobalPoolClassifier):
     """4 stages (widths w, 2w, 4w, 8w), each a conv-BN-ReLU, a 2x2 max-pool (not in the first stage) and
     one ResidualPair; global average pool, dropout, linear. The layout of Myrtle.ai's ResNet-9 (Page,
     "How to train your ResNet", 2018) with a fourth stage.

@@ -311,7 +311,8 @@ for split in shown:
 # the classes only one side has are stated below with the numbers.
 
 # %% tags=["remove-input"]
-cross = cross_dataset.run(params, run_dir, select_device(params["device"])) if params["eval_dataset"] else None
+cross = (cross_dataset.run(params, run_dir, select_device(params["device"]), train_ds=ds) if params["eval_dataset"]
+         else None)
 display(Markdown(cross_dataset.describe(cross)))
 if cross is not None:
     figures.confusion_matrices(cross_dataset.confusion_frame(cross), title=(

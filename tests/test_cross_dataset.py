@@ -84,6 +84,7 @@ def test_run_scores_the_checkpoint_on_a_second_dataset_by_class_name(trained):
     assert result["faces"] == 14 and result["left_out"] == {"surprise": 2} and result["scored"] == 12
     assert result["skipped"] == {"unreadable image": 1, "unknown class folder": 1}
     assert result["tta"] is True
+    assert result["seen"] == {"train": 0, "val": 0} and result["unseen"] is None  # other faces than the model's
     assert json.loads((run_dir / cross_dataset.FILE).read_text()) == result
 
     saved = evaluate.load_predictions(run_dir, cross_dataset.PREDICTIONS)  # what a reader of the run folder sees
@@ -103,7 +104,8 @@ def test_run_scores_the_checkpoint_on_a_second_dataset_by_class_name(trained):
     text = cross_dataset.describe(result)
     for claim in ("share 3: neutral, happy, sad", "surprise is unknown to the model: those 2 faces are left out",
                   "anger does not exist in this dataset", "counts as wrong", "on folders test",
-                  "1 (unreadable image)", f"{result['accuracy']:.1%}"):
+                  "1 (unreadable image)", f"{result['accuracy']:.1%}",
+                  "None of the scored faces is a copy of a face the model was trained or selected on"):
         assert claim in text
     fig = figures.confusion_matrices(cross_dataset.confusion_frame(result))
     assert list(fig.data[0].x) == ["neutral", "happy", "sad", "anger"] and list(fig.data[0].y) == result["shared"]
@@ -120,6 +122,42 @@ def test_an_answer_of_a_class_the_second_dataset_lacks_counts_as_wrong(trained):
     result = cross_dataset.run(dict(params, checkpoint=str(tmp / "anger.pt")), run_dir, "cpu")
     assert result["unshared_predictions"] == {"anger": 12} and result["scored"] == 12
     assert result["accuracy"] == result["balanced_accuracy"] == result["macro_f1"] == 0.0
+
+
+def test_faces_the_model_trained_on_are_counted_and_the_scores_given_without_them(trained, tmp_path):
+    """A second dataset holding byte-for-byte copies of 3 training faces among 8 new ones (as FER+ holds
+    FER2013's images): the copies are counted by the split they came from, and the scores without them are
+    the hand computation over the other faces; scored on the model's own train split, every face is seen."""
+    params, run_dir, tmp = trained
+    second = write_folders(tmp_path / "second", {"test": {"happy": 4, "sad": 4}}, 7000)
+    copied = sorted((tmp / "first" / "train" / "happy").glob("*.png"))[:3]
+    for i, source in enumerate(copied):
+        (second / "test" / "happy" / f"copy{i}.png").write_bytes(source.read_bytes())
+    p = dict(params, eval_data_dir=str(second))
+    train_ds = open_dataset(params)
+    result = cross_dataset.run(p, run_dir, "cpu", train_ds=train_ds)
+    assert result["scored"] == 11 and sum(result["seen"].values()) == 3
+    names = {loc: split for loc, split in zip(train_ds.frame["location"], train_ds.frame["split"])}
+    from_split = [names[str(c.relative_to(tmp / "first"))] for c in copied]
+    assert result["seen"] == {s: from_split.count(s) for s in ("train", "val")}
+    saved = evaluate.load_predictions(run_dir, cross_dataset.PREDICTIONS)
+    fresh = saved[~saved["location"].str.contains("copy")]
+    t, pr = fresh["true"], fresh["predicted"]
+    assert result["unseen"]["scored"] == 8 and result["unseen"]["accuracy"] == pytest.approx((t == pr).mean())
+    assert result["unseen"]["balanced_accuracy"] == pytest.approx(np.mean([(pr[t == c] == c).mean()
+                                                                           for c in ("happy", "sad")]))
+    text = cross_dataset.describe(result)
+    assert "**3 of the 11 faces scored are copies of faces of the model's own data**" in text
+    assert f"on the 8 faces it has never seen: **{result['unseen']['accuracy']:.1%}** accuracy" in text
+
+    own = cross_dataset.run(dict(params, eval_data_dir=params["data_dir"], eval_split="train"), run_dir, "cpu")
+    assert own["seen"] == {"train": own["scored"], "val": 0} and own["unseen"] is None
+    assert "No scored face is left without them" in cross_dataset.describe(own)
+
+    other_data = dict(params, data_dir=str(second))  # the checkpoint was not trained on this: nothing to compare
+    unchecked = cross_dataset.run(p, run_dir, "cpu", train_ds=open_dataset(other_data))
+    assert unchecked["seen"] is None and unchecked["unseen"] is None
+    assert "is not checked: the checkpoint was not trained on this run's data" in cross_dataset.describe(unchecked)
 
 
 def test_bad_second_dataset_settings_are_one_line_errors(trained, tmp_path):

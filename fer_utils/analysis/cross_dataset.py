@@ -17,6 +17,11 @@ them:
   the dataset lacks has no true faces, so its F1 would be 0 whatever the model learnt; its answers
   already count as errors of the faces' true classes.
 
+- Faces the model has seen: a scored face whose decoded pixels equal those of a face in the training data's
+  train split (learnt from) or val split (chose the epoch and protocol) is counted (`seen_in_training`), and
+  the scores are given again without those faces. FER+ and FER2013 share their images, so a FER2013 model
+  scored on FER+ (or the other way round) meets its own training faces in any split but the report split.
+
 The second dataset is read by its own reader, in its own roles (`data.splits`); the split scored is its
 report split (test) unless `eval_split` names another. Images are decoded at the checkpoint's image size
 and channels, whatever the params say, and predicted under the run's headline protocol (flip test-time
@@ -26,6 +31,7 @@ augmentation or not, as the evaluation decided on the selection split: `engine.i
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +41,7 @@ from sklearn.metrics import confusion_matrix
 from ..config.registry import DATASETS
 from ..data.datasets import DataError, Dataset, open_dataset
 from ..data.images import load_split
+from ..data.splits import pixel_hashes
 from ..engine import inference
 from ..metrics import scores
 from ..paths import display_path, write_text
@@ -116,13 +123,32 @@ def score(true, predicted, model_classes, dataset_classes) -> dict:
                 confusion=dict(true=classes["shared"], predicted=columns, counts=cm.astype(int).tolist()))
 
 
-def run(params: dict, run_dir, device="cpu", ds: Dataset | None = None) -> dict:
+TRAINING_SPLITS = ("train", "val")  # what the model learnt from, what chose its epoch and protocol
+
+
+def seen_in_training(ds: Dataset, locations, train_ds: Dataset) -> dict[str, np.ndarray]:
+    """For each face of `ds` at `locations`: whether its decoded pixels equal those of a face in the training
+    dataset's train split, and in its val split ({split: bool array}). Images compare by
+    `splits.pixel_hashes`, so two folders holding the same files (FER2013 and FER+) match, as do copies."""
+    scored = replace(ds, frame=ds.frame[ds.frame["location"].isin(set(locations))])  # hash only those faces
+    hashes = dict(zip(scored.frame["location"], pixel_hashes(scored)))
+    faces = np.array([hashes.get(loc, "") for loc in locations], dtype=object)
+    trained = pixel_hashes(train_ds)
+    return {split: np.isin(faces, list(set(trained[train_ds.frame["split"] == split]) - {""}))
+            for split in TRAINING_SPLITS}
+
+
+def run(params: dict, run_dir, device="cpu", ds: Dataset | None = None, train_ds: Dataset | None = None) -> dict:
     """Score the run's checkpoint (params["checkpoint"]) on the second dataset's split (`split_to_score`):
     what `score` returns, plus dataset, data_dir, fingerprint, split, split_role, skipped ({reason: images}
-    the reader or the decoder left out of that split), tta and checkpoint. Written to cross_dataset.json in
-    the run folder, the scored faces' predictions to predictions_cross_dataset.csv."""
+    the reader or the decoder left out of that split), tta, checkpoint, seen ({train/val: scored faces that
+    are pixel copies of that split of the training data, each face counted once, train first}, None when the checkpoint was not trained on
+    `train_ds`, the run's own data by default) and unseen (`score` without those faces; None when none is
+    seen, or when every scored face is). Written to cross_dataset.json in the run folder, the scored faces'
+    predictions to predictions_cross_dataset.csv."""
     run_dir = Path(run_dir)
     ds = ds if ds is not None else open_eval_dataset(params)
+    train_ds = train_ds if train_ds is not None else open_dataset(params)
     model, ckpt = evaluate.load_for_evaluation(params, run_dir, None, device)
     model_classes = list(ckpt["classes"])
     match_classes(model_classes, ds.classes)  # no shared class: the error comes before any decoding
@@ -135,8 +161,19 @@ def run(params: dict, run_dir, device="cpu", ds: Dataset | None = None) -> dict:
         raise DataError(f"split '{split}' of the second dataset ({ds.format}, {ds.root}) has no readable images")
     probs = evaluate.predict(model, x, 2 * params["batch_size"], device, params["amp"], flip=flip)
     true = np.asarray(ds.classes, dtype=object)[y]
-    result = score(true, np.asarray(model_classes, dtype=object)[probs.argmax(1)], model_classes, ds.classes)
+    predicted = np.asarray(model_classes, dtype=object)[probs.argmax(1)]
+    result = score(true, predicted, model_classes, ds.classes)
     known = np.isin(true, result["shared"])
+    seen, unseen = None, None
+    if ckpt.get("fingerprint") == train_ds.fingerprint:
+        counted, seen = np.zeros(len(locations), bool), {}
+        for trained_split, found in seen_in_training(ds, locations, train_ds).items():  # once each: train first
+            seen[trained_split] = int((found & known & ~counted).sum())
+            counted |= found
+        fresh = ~counted
+        if sum(seen.values()) and (fresh & known).any():
+            unseen = {k: v for k, v in score(true[fresh], predicted[fresh], model_classes, ds.classes).items()
+                      if k in ("scored", "accuracy", "balanced_accuracy", "macro_f1")}
     evaluate.save_predictions(evaluate.predictions_frame(locations[known], true[known], probs[known], model_classes),
                               run_dir, PREDICTIONS)
     skipped = ds.skip_counts()
@@ -144,7 +181,7 @@ def run(params: dict, run_dir, device="cpu", ds: Dataset | None = None) -> dict:
     result.update(dataset=ds.format, data_dir=str(ds.root), fingerprint=ds.fingerprint, split=split,
                   split_role=ds.split_roles.get(split, ""), skipped=dict(zip(skipped["reason"],
                                                                              skipped["count"].astype(int).tolist())),
-                  tta=bool(flip), checkpoint=str(ckpt["path"]))
+                  tta=bool(flip), checkpoint=str(ckpt["path"]), seen=seen, unseen=unseen)
     write_text(run_dir / FILE, json.dumps(result, indent=2))
     return result
 
@@ -185,12 +222,31 @@ def describe(result: dict | None) -> str:
                  f"accuracy, **{r['balanced_accuracy']:.1%}** balanced accuracy and macro-F1 **{r['macro_f1']:.3f}** "
                  f"on {r['dataset']} {r['split']}; balanced accuracy and macro-F1 average over the shared classes "
                  f"present in the split.")
+    lines.append(_seen_text(r))
     if r["absent_shared"]:
         lines.append(f"The split has no faces of {', '.join(r['absent_shared'])}: not measured.")
     if r["skipped"]:
         lines.append("Left out by the reader or the decoder: " + ", ".join(
             f"{n:,} ({reason})" for reason, n in r["skipped"].items()) + ".")
     return " ".join(lines)
+
+
+def _seen_text(r: dict) -> str:
+    """The sentences on faces the model has seen (`run`'s seen and unseen)."""
+    if r["seen"] is None:
+        return ("Whether the model has seen any of these faces is not checked: the checkpoint was not trained on "
+                "this run's data.")
+    train, val = r["seen"]["train"], r["seen"]["val"]
+    if not train + val:
+        return "None of the scored faces is a copy of a face the model was trained or selected on."
+    text = (f"**{train + val:,} of the {_faces(r['scored'])} scored are copies of faces of the model's own data** "
+            f"({train:,} of its train split, which it learnt from, and {val:,} of its val split, which chose its "
+            f"epoch and protocol): the scores above count faces the model has seen.")
+    u = r["unseen"]
+    if u is None:
+        return text + " No scored face is left without them."
+    return text + (f" Without them, on the {_faces(u['scored'])} it has never seen: **{u['accuracy']:.1%}** accuracy, "
+                   f"**{u['balanced_accuracy']:.1%}** balanced accuracy, macro-F1 **{u['macro_f1']:.3f}**.")
 
 
 def confusion_frame(result: dict) -> pd.DataFrame:

@@ -126,24 +126,27 @@ def score(true, predicted, model_classes, dataset_classes) -> dict:
 TRAINING_SPLITS = ("train", "val")  # what the model learnt from, what chose its epoch and protocol
 
 
-def seen_in_training(ds: Dataset, locations, train_ds: Dataset) -> dict[str, np.ndarray]:
-    """For each face of `ds` at `locations`: whether its decoded pixels equal those of a face in the training
-    dataset's train split, and in its val split ({split: bool array}). Images compare by
+def seen_in_training(ds: Dataset, locations, train_ds: Dataset) -> np.ndarray:
+    """For each face of `ds` at `locations`: the training dataset's split (TRAINING_SPLITS; train first when
+    both hold it) holding a face with the same decoded pixels, else "". Images compare by
     `splits.pixel_hashes`, so two folders holding the same files (FER2013 and FER+) match, as do copies."""
     scored = replace(ds, frame=ds.frame[ds.frame["location"].isin(set(locations))])  # hash only those faces
     hashes = dict(zip(scored.frame["location"], pixel_hashes(scored)))
-    faces = np.array([hashes.get(loc, "") for loc in locations], dtype=object)
-    trained = pixel_hashes(train_ds)
-    return {split: np.isin(faces, list(set(trained[train_ds.frame["split"] == split]) - {""}))
-            for split in TRAINING_SPLITS}
+    trained = pd.DataFrame(dict(hash=pixel_hashes(train_ds), split=train_ds.frame["split"]))
+    owner = {}
+    for split in reversed(TRAINING_SPLITS):  # a later write wins: train over val
+        owner.update(dict.fromkeys(trained.loc[trained["split"] == split, "hash"], split))
+    owner.pop("", None)  # undecodable images share no face
+    return np.array([owner.get(hashes.get(loc, ""), "") for loc in locations], dtype=object)
 
 
 def run(params: dict, run_dir, device="cpu", ds: Dataset | None = None, train_ds: Dataset | None = None) -> dict:
     """Score the run's checkpoint (params["checkpoint"]) on the second dataset's split (`split_to_score`):
     what `score` returns, plus dataset, data_dir, fingerprint, split, split_role, skipped ({reason: images}
     the reader or the decoder left out of that split), tta, checkpoint, seen ({train/val: scored faces that
-    are pixel copies of that split of the training data, each face counted once, train first}, None when the checkpoint was not trained on
-    `train_ds`, the run's own data by default) and unseen (`score` without those faces; None when none is
+    are pixel copies of a face of that split of the training data, each counted once, by
+    `seen_in_training`}, None when the checkpoint was not trained on `train_ds`, the run's own data by
+    default) and unseen (`score` without those faces; None when none is
     seen, or when every scored face is). Written to cross_dataset.json in the run folder, the scored faces'
     predictions to predictions_cross_dataset.csv."""
     run_dir = Path(run_dir)
@@ -166,11 +169,9 @@ def run(params: dict, run_dir, device="cpu", ds: Dataset | None = None, train_ds
     known = np.isin(true, result["shared"])
     seen, unseen = None, None
     if ckpt.get("fingerprint") == train_ds.fingerprint:
-        counted, seen = np.zeros(len(locations), bool), {}
-        for trained_split, found in seen_in_training(ds, locations, train_ds).items():  # once each: train first
-            seen[trained_split] = int((found & known & ~counted).sum())
-            counted |= found
-        fresh = ~counted
+        copy_of = seen_in_training(ds, locations, train_ds)
+        seen = {trained: int(((copy_of == trained) & known).sum()) for trained in TRAINING_SPLITS}
+        fresh = copy_of == ""
         if sum(seen.values()) and (fresh & known).any():
             unseen = {k: v for k, v in score(true[fresh], predicted[fresh], model_classes, ds.classes).items()
                       if k in ("scored", "accuracy", "balanced_accuracy", "macro_f1")}

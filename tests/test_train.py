@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -23,7 +24,7 @@ from fer_utils.engine import checkpoint, models, optim, runtime, sampling, train
 from fer_utils.data.datasets import open_dataset
 from fer_utils.paths import REPO_ROOT
 from fer_utils.engine.models import create_model
-from fer_utils.config.params import resolve
+from fer_utils.config.params import ParamsError, resolve
 
 CLASSES = ("anger", "happy", "sad", "neutral")
 TRAIN_COUNTS = (20, 12, 8, 4)  # imbalanced on purpose
@@ -535,8 +536,45 @@ def test_soft_labels_train_on_the_vote_distribution_and_need_votes(data_root, tm
     # Soft and hard targets train differently.
     hard = train.fit({**params, "soft_labels": False}, open_dataset(params), tmp_path / "hard")
     assert not np.allclose(out["history"]["train_loss"], hard["history"]["train_loss"])
-    with pytest.raises(train.DataError, match="soft_labels=true needs a vote distribution.*only FER\\+"):
+    with pytest.raises(train.DataError, match="soft_labels=true needs a vote distribution.*has neither"):
         train.fit(make_params(data_root, soft_labels=True), None, tmp_path / "folders")
+
+
+def test_a_fer2013_folder_copy_takes_the_ferplus_votes_beside_it_mixed_with_its_own_labels(data_root, tmp_path,
+                                                                                          capsys):
+    """FER+ re-labelled FER2013's faces: with ferplus_votes.csv beside the class folders, soft_labels trains
+    each face on vote_share of its votes (contempt and non-emotion votes dropped, the rest renormalised) plus
+    the rest of its own label; faces without votes keep their label, and how many is said."""
+    root = tmp_path / "fer2013"
+    shutil.copytree(data_root, root)
+    params = make_params(root, soft_labels=True, vote_share=0.5)
+    data = open_dataset(params)
+    locations = [str(loc) for loc in images.load_split(data, "train", 32)[2]]
+    column = {"anger": "anger", "happy": "happiness", "sad": "sadness", "neutral": "neutral"}  # FER+'s names
+    rows = []
+    for location in sorted(data.frame["location"]):
+        c = CLASSES.index(Path(location).parent.name)
+        votes = dict.fromkeys(["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
+                               "unknown", "NF"], 0)
+        votes.update({column[CLASSES[c]]: 6, column[CLASSES[(c + 1) % 4]]: 2, "contempt": 2, "unknown": 1})
+        rows.append(dict(path=location, **votes))
+    table = pd.DataFrame(rows).set_index("path")
+    table.loc[locations[3]] = 0  # votes, but none for this dataset's classes
+    table.loc[locations[3], "contempt"] = 5
+    table.drop(locations[7]).reset_index().to_csv(root / "ferplus_votes.csv", index=False)  # no FER+ row
+    arrays = train.load_arrays(train.prepare_run(params, data, tmp_path / "run", resume=False))
+    unvoted = np.isin(locations, [locations[3], locations[7]])
+    onehot = np.eye(len(CLASSES))[arrays.y_train]
+    second = [data.classes.index(CLASSES[(CLASSES.index(data.classes[y]) + 1) % 4]) for y in arrays.y_train]
+    nxt = np.eye(len(CLASSES))[second]
+    # Shares over the dataset's classes: 6 own and 2 next of 8 (contempt, unknown dropped), mixed half and half.
+    expected = 0.5 * onehot + 0.5 * (0.75 * onehot + 0.25 * nxt)
+    np.testing.assert_allclose(arrays.y_target[~unvoted], expected[~unvoted], rtol=1e-6)
+    np.testing.assert_array_equal(arrays.y_target[unvoted], onehot[unvoted])
+    assert f"2 of {len(locations)} training faces have no votes" in capsys.readouterr().out
+    assert "0.5 of each face's vote distribution and 0.5 of its label" in train.objective(params)
+    with pytest.raises(ParamsError, match="'vote_share' = 0.5 needs soft_labels=true"):
+        make_params(root, vote_share=0.5)
 
 
 # -- valence and arousal ----------------------------------------------------------

@@ -73,8 +73,11 @@ SCHEMA: dict[str, Param] = {
     "label_smoothing": Param(0.0, float, "cross-entropy label smoothing", low=0.0, high=0.99),
     "ema": Param(0.0, float, "decay of an exponential moving average of the weights (0 = off; e.g. 0.999): "
                  "validation, best.pt and evaluation use the average", low=0.0, high=0.99999),
-    "soft_labels": Param(False, bool, "train on each face's vote distribution (FER+: cross-entropy to the soft "
-                         "label, the FER+ paper's best scheme) instead of its single label"),
+    "soft_labels": Param(False, bool, "train on each face's crowd-vote distribution (cross-entropy to the soft "
+                         "label, the FER+ paper's best scheme) instead of its single label: FER+'s votes, also for "
+                         "a class-folder FER2013 copy with ferplus_votes.csv beside its folders (the same faces)"),
+    "vote_share": Param(1.0, float, "soft_labels: the votes' share of each face's target, the rest its own label "
+                        "(one-hot); 1 = the votes alone", low=0.0, high=1.0),
     "va_weight": Param(0.0, float, "weight of the valence/arousal loss ((1 - CCC) of each) added to the "
                        "classification loss: a second head on the same features predicts them (needs data with "
                        "valence and arousal: AffectNet, synthetic); 0 = no valence/arousal head", low=0.0),
@@ -176,7 +179,8 @@ def _check_value(key: str, value):
 
 def _check_together(params: dict) -> None:
     """Rules across keys: the model's smallest input, the ablation rungs' names, refit's fixed choices, and
-    no second-dataset setting without the second dataset (it would be silently ignored)."""
+    no setting without what it sets (a vote share without soft labels, a second-dataset setting without the
+    second dataset): it would be silently ignored."""
     minimum = registry.MODELS[params["model"]].min_image_size
     if params["image_size"] < minimum:
         raise ParamsError(f"parameter 'image_size' = {params['image_size']} is too small for model "
@@ -192,6 +196,9 @@ def _check_together(params: dict) -> None:
             raise ParamsError(f"refit=true trains on the selection split (val), which then cannot choose: set "
                               f"tta_flip to the protocol a run without refit chose, and leave early_stopping null "
                               f"(got {', '.join(clash)})")
+    if params["vote_share"] != 1.0 and not params["soft_labels"]:
+        raise ParamsError(f"parameter 'vote_share' = {params['vote_share']!r} needs soft_labels=true (it mixes the "
+                          "votes into each face's target)")
     for key in ("eval_data_dir", "eval_split"):
         if params[key] is not None and params["eval_dataset"] is None:
             raise ParamsError(f"parameter '{key}' = {params[key]!r} needs 'eval_dataset' (the second dataset's "

@@ -33,7 +33,8 @@ DATASETS: dict[str, str] = {
                      "face_height, facial_landmarks, expression, valence, arousal) beside the image folder "
                      "(e.g. Manually_Annotated_Images/)",
     "fer2013_csv": "fer2013.csv or fer2013.csv.gz with columns emotion, pixels, Usage",
-    "folders": "<split>/<class>/*.jpg|png with splits train, val (or valid/validation/PublicTest), test",
+    "folders": "<split>/<class>/*.jpg|png with splits train, val (or valid/validation/PublicTest), test "
+               "(optional: FER+'s ferplus_votes.csv beside them, for soft_labels)",
     "ferplus": "ferplus_votes.csv (path, neutral, happiness, surprise, sadness, anger, disgust, fear, "
                "contempt, unknown, NF) with paths relative to the folder that holds it",
 }

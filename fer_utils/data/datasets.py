@@ -41,6 +41,9 @@ SPLIT_NAMES = {
     # the official FERPlus release's folder names
     "fer2013train": "train", "fer2013valid": "val", "fer2013test": "test",
 }
+# FER+'s vote file, at the root of a FER+ copy (or beside a class-folder FER2013 copy's split folders).
+FERPLUS_VOTES = "ferplus_votes.csv"
+_NON_EMOTION_VOTES = ("unknown", "nf", "not_face", "notface", "no-face")
 SPLIT_ORDER = ("train", "val", "test", "heldout", "val_dup", "test_dup", "heldout_dup")
 
 
@@ -353,32 +356,20 @@ def read_ferplus(root: Path, rule: str = "majority") -> Dataset:
     first folder is an error, never a guess: a test face taken for a train face would be trained on.
     """
     fmt = "ferplus"
-    csv = root / "ferplus_votes.csv" if root.is_dir() else root
+    csv = root / FERPLUS_VOTES if root.is_dir() else root
     if not csv.is_file():
-        raise _missing(root, fmt, "no ferplus_votes.csv")
-    table = pd.read_csv(csv)
-    # Map vote columns by name (case-insensitive, synonyms allowed), never by position.
-    by_name = {}
-    for col in table.columns:
-        name = labels.canonical(col)
-        if name:
-            by_name[name] = col
-        elif col.lower() in ("unknown", "nf", "not_face", "notface", "no-face"):
-            by_name[col.lower()] = col
-    emotions = [e for e in labels.EMOTIONS if e in by_name]
-    others = [by_name[k] for k in ("unknown", "nf", "not_face", "notface", "no-face") if k in by_name]
-    if "path" not in table.columns or not emotions:
-        raise DataError(f"{csv} must have a 'path' column and emotion vote columns; found {list(table.columns)}")
+        raise _missing(root, fmt, f"no {FERPLUS_VOTES}")
+    table, emotions, others = read_vote_table(csv)
     paths = table["path"].astype(str)
     folders = paths.map(lambda p: Path(p).parts[0] if len(Path(p).parts) > 1 else "")
     unknown = sorted(set(folders) - {f for f in folders if f.lower() in SPLIT_NAMES})
     if unknown:
         raise DataError(f"{csv}: paths must start with a split folder ({', '.join(sorted(SPLIT_NAMES))}); "
                         f"found {', '.join(repr(f) for f in unknown)} (e.g. {paths[folders == unknown[0]].iloc[0]!r})")
-    vote_cols = [by_name[e] for e in emotions] + others
+    vote_cols = list(emotions.values()) + others
     votes = table[vote_cols].to_numpy(dtype=np.float64)
     emotion_votes = votes[:, :len(emotions)]
-    rows, skipped = [], []
+    rows, skipped, names = [], [], list(emotions)
     base = csv.parent
     for i, location in enumerate(paths):
         split = SPLIT_NAMES[folders[i].lower()]
@@ -389,9 +380,52 @@ def read_ferplus(root: Path, rule: str = "majority") -> Dataset:
             skipped.append(dict(location=location, split=split, reason=reason))
             continue
         share = emotion_votes[i] / emotion_votes[i].sum()  # > 0: the winner is an emotion with votes
-        rows.append(dict(location=location, emotion=emotions[top], split=split,
+        rows.append(dict(location=location, emotion=names[top], split=split,
                          **{f"votes_{e}": float(v) for e, v in zip(emotions, share)}))
     return _finish(fmt, base, rows, skipped)
+
+
+def read_vote_table(csv: Path) -> tuple[pd.DataFrame, dict[str, str], list[str]]:
+    """A FER+ vote file: (its table, {emotion: vote column} in AffectNet order, the non-emotion vote columns).
+
+    Vote columns are mapped by name (case-insensitive, synonyms allowed), never by position."""
+    table = pd.read_csv(csv)
+    by_name = {}
+    for col in table.columns:
+        name = labels.canonical(col)
+        if name:
+            by_name[name] = col
+        elif col.lower() in _NON_EMOTION_VOTES:
+            by_name[col.lower()] = col
+    emotions = {e: by_name[e] for e in labels.EMOTIONS if e in by_name}
+    if "path" not in table.columns or not emotions:
+        raise DataError(f"{csv} must have a 'path' column and emotion vote columns; found {list(table.columns)}")
+    return table, emotions, [by_name[k] for k in _NON_EMOTION_VOTES if k in by_name]
+
+
+def vote_shares(ds: Dataset) -> pd.DataFrame:
+    """Each face's crowd-vote distribution over `ds.classes`, indexed by location (rows sum to 1; a face with
+    no vote for any of the classes is left out).
+
+    FER+ carries its votes (`votes_<class>`). FER+ re-labelled FER2013's own faces, so a class-folder copy of
+    FER2013 takes them from the FER+ vote file beside its folders (FERPLUS_VOTES, paths relative to the
+    folders' root, as ../shared/data ships it). Votes for classes the dataset lacks (FER2013: contempt) and
+    non-emotion votes are dropped, and the rest renormalised. Any other dataset is an error: it has no votes.
+    """
+    columns = [f"votes_{c}" for c in ds.classes]
+    if all(c in ds.frame.columns for c in columns):
+        votes = ds.frame.set_index("location")[columns].set_axis(list(ds.classes), axis=1)
+    elif ds.format == "folders" and (ds.root / FERPLUS_VOTES).is_file():
+        table, emotions, _ = read_vote_table(ds.root / FERPLUS_VOTES)
+        votes = pd.DataFrame({c: table[emotions[c]] if c in emotions else 0.0 for c in ds.classes})
+        votes.index = table["path"].astype(str)
+    else:
+        raise DataError(f"soft_labels=true needs a vote distribution per face: FER+ carries one, and a class-folder "
+                        f"FER2013 copy takes FER+'s from {FERPLUS_VOTES} beside its folders; the '{ds.format}' "
+                        f"dataset in {ds.root} has neither")
+    votes = votes.astype(np.float64)
+    total = votes.sum(axis=1)
+    return votes[total > 0].div(total[total > 0], axis=0)
 
 
 def manifest_bytes(frame: pd.DataFrame) -> int:

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from .. import metrics
 from ..data import images
-from ..data.datasets import DataError, Dataset, open_dataset
+from ..data.datasets import DataError, Dataset, open_dataset, vote_shares
 from ..config.params import ParamsError, parse_override, resolve
 from ..config.params import save as save_params
 from ..paths import run_dir as default_run_dir
@@ -181,7 +181,9 @@ def validate(model, x, y, num_classes: int, device: torch.device, batch_size: in
 
 def objective(params: dict) -> str:
     """The training loss in words, as `build_model` sets it up (a chart's train-loss title)."""
-    parts = ["cross-entropy" + (" to each face's vote distribution" if params["soft_labels"] else "")
+    votes = (f"{params['vote_share']:g} of each face's vote distribution and {1 - params['vote_share']:g} of its "
+             "label" if params["vote_share"] < 1 else "each face's vote distribution")
+    parts = ["cross-entropy" + (f" to {votes}" if params["soft_labels"] else "")
              + (" weighted by class" if params["imbalance"] == "weighted_loss" else "")]
     parts += [f"label smoothing {params['label_smoothing']:g}"] if params["label_smoothing"] else []
     parts += [f"+ L1 {params['l1']:g}"] if params["l1"] else []
@@ -325,7 +327,7 @@ def load_arrays(run: Run) -> Arrays:
         locations = np.concatenate([np.asarray(locations, dtype=object), np.asarray(val_locations, dtype=object)])
     if len(y_train) < 2:
         raise DataError(f"the train split has {len(y_train)} usable images; training needs at least 2")
-    target = soft_targets(data, locations) if params["soft_labels"] else y_train
+    target = soft_targets(data, locations, y_train, params["vote_share"]) if params["soft_labels"] else y_train
     va_train, va_val = ((valence_arousal_targets(data, locations), valence_arousal_targets(data, val_locations))
                         if params["va_weight"] > 0 else (None, None))
     return Arrays(x_train, y_train, target, target, x_val, y_val, len(data.classes), va_train, va_val)
@@ -349,16 +351,23 @@ def valence_arousal_targets(data: Dataset, locations) -> np.ndarray:
     return va.loc[[str(loc) for loc in locations]].to_numpy(copy=True)
 
 
-def soft_targets(data: Dataset, locations) -> np.ndarray:
-    """The vote distributions of the faces at `locations` (load_split's order; N x classes, float32, rows
-    summing to 1). A dataset without `votes_<class>` columns (only FER+ has them) is an error."""
-    columns = [f"votes_{c}" for c in data.classes]
-    missing = [c for c in columns if c not in data.frame.columns]
-    if missing:
-        raise DataError(f"soft_labels=true needs a vote distribution per face (columns {', '.join(columns)}); the "
-                        f"'{data.format}' dataset has no {', '.join(missing)} (only FER+ carries votes)")
-    votes = _trainable_rows(data)[columns].astype(np.float32)
-    return votes.loc[[str(loc) for loc in locations]].to_numpy(copy=True)
+def soft_targets(data: Dataset, locations, y: np.ndarray, share: float = 1.0) -> np.ndarray:
+    """Each training face's target (load_split's order; N x classes, float32, rows summing to 1): `share` of
+    its vote distribution (`datasets.vote_shares`) plus 1 - `share` of its own label `y`, one-hot.
+
+    A face without votes (FER2013 files FER+ could not match, or whose votes are all contempt) keeps its
+    one-hot label; how many is logged. A dataset with no votes at all is an error (vote_shares)."""
+    onehot = np.eye(len(data.classes), dtype=np.float64)[y]
+    votes = vote_shares(data).reindex([str(loc) for loc in locations])
+    unvoted = votes.isna().any(axis=1).to_numpy()
+    if unvoted.all():
+        raise DataError(f"soft_labels=true: none of the {len(y)} training faces has votes for the classes "
+                        f"{', '.join(data.classes)}")
+    if unvoted.any():
+        log(f"soft_labels: {int(unvoted.sum())} of {len(y)} training faces have no votes; their own label is "
+            "their target")
+    distribution = np.where(unvoted[:, None], onehot, votes.fillna(0.0).to_numpy())
+    return (share * distribution + (1.0 - share) * onehot).astype(np.float32)
 
 
 def to_device(arrays: Arrays, run: Run) -> None:

@@ -575,6 +575,9 @@ def test_a_fer2013_folder_copy_takes_the_ferplus_votes_beside_it_mixed_with_its_
     assert "0.5 of each face's vote distribution and 0.5 of its label" in train.objective(params)
     with pytest.raises(ParamsError, match="'vote_share' = 0.5 needs soft_labels=true"):
         make_params(root, vote_share=0.5)
+    table.reset_index().iloc[[0, 0, 1]].to_csv(root / "ferplus_votes.csv", index=False)
+    with pytest.raises(train.DataError, match="repeats 1 of its paths"):
+        train.load_arrays(train.prepare_run(params, data, tmp_path / "run", resume=False))
 
 
 # -- valence and arousal ----------------------------------------------------------

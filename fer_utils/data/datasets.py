@@ -419,6 +419,10 @@ def vote_shares(ds: Dataset) -> pd.DataFrame:
         table, emotions, _ = read_vote_table(ds.root / FERPLUS_VOTES)
         votes = pd.DataFrame({c: table[emotions[c]] if c in emotions else 0.0 for c in ds.classes})
         votes.index = table["path"].astype(str)
+        repeated = votes.index[votes.index.duplicated()]
+        if len(repeated):
+            raise DataError(f"{ds.root / FERPLUS_VOTES} repeats {len(repeated)} of its paths (e.g. "
+                            f"{repeated[0]!r}): which votes a face has would be a guess")
     else:
         raise DataError(f"soft_labels=true needs a vote distribution per face: FER+ carries one, and a class-folder "
                         f"FER2013 copy takes FER+'s from {FERPLUS_VOTES} beside its folders; the '{ds.format}' "

@@ -578,6 +578,9 @@ def test_a_fer2013_folder_copy_takes_the_ferplus_votes_beside_it_mixed_with_its_
     table.reset_index().iloc[[0, 0, 1]].to_csv(root / "ferplus_votes.csv", index=False)
     with pytest.raises(train.DataError, match="repeats 1 of its paths"):
         train.load_arrays(train.prepare_run(params, data, tmp_path / "run", resume=False))
+    table.reset_index().assign(path="other/face.png").iloc[:1].to_csv(root / "ferplus_votes.csv", index=False)
+    with pytest.raises(train.DataError, match=f"none of the {len(locations)} training faces has votes"):
+        train.load_arrays(train.prepare_run(params, data, tmp_path / "run", resume=False))
 
 
 # -- valence and arousal ----------------------------------------------------------

@@ -132,7 +132,8 @@ def seen_in_training(ds: Dataset, locations, train_ds: Dataset) -> np.ndarray:
     `splits.pixel_hashes`, so two folders holding the same files (FER2013 and FER+) match, as do copies."""
     scored = replace(ds, frame=ds.frame[ds.frame["location"].isin(set(locations))])  # hash only those faces
     hashes = dict(zip(scored.frame["location"], pixel_hashes(scored)))
-    trained = pd.DataFrame(dict(hash=pixel_hashes(train_ds), split=train_ds.frame["split"]))
+    training = replace(train_ds, frame=train_ds.frame[train_ds.frame["split"].isin(TRAINING_SPLITS)])
+    trained = pd.DataFrame(dict(hash=pixel_hashes(training), split=training.frame["split"]))
     owner = {}
     for split in reversed(TRAINING_SPLITS):  # a later write wins: train over val
         owner.update(dict.fromkeys(trained.loc[trained["split"] == split, "hash"], split))

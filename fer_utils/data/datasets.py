@@ -381,7 +381,7 @@ def read_ferplus(root: Path, rule: str = "majority") -> Dataset:
             continue
         share = emotion_votes[i] / emotion_votes[i].sum()  # > 0: the winner is an emotion with votes
         rows.append(dict(location=location, emotion=names[top], split=split,
-                         **{f"votes_{e}": float(v) for e, v in zip(emotions, share)}))
+                         **{f"votes_{e}": float(v) for e, v in zip(names, share)}))
     return _finish(fmt, base, rows, skipped)
 
 

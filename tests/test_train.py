@@ -509,6 +509,40 @@ def test_ema_is_what_is_validated_saved_and_resumed_exactly(data_root, tmp_path,
     assert state_dicts_equal(last["train_model"], again["train_model"])
 
 
+def test_cpu_bf16_trains_under_bf16_autocast_validates_in_fp32_and_is_reproducible(data_root, tmp_path,
+                                                                                     monkeypatch):
+    params = make_params(data_root, epochs=2, aug_flip=True, cpu_bf16=True)
+    dtypes = {True: set(), False: set()}  # the logits' dtype, by model.training
+    original = models.SmallResNet.forward
+
+    def spy(self, x):
+        out = original(self, x)
+        dtypes[self.training].add(out.dtype)
+        return out
+    monkeypatch.setattr(models.SmallResNet, "forward", spy)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    run = fit(params, tmp_path / "bf16")
+    assert dtypes == {True: {torch.bfloat16}, False: {torch.float32}}
+    # The best epoch was chosen on fp32 validation: what evaluation and `fer predict` give for the same weights.
+    model = create_model("resnet", len(CLASSES), 1, 32, 8)
+    model.load_state_dict(torch.load(tmp_path / "bf16" / "last.pt", weights_only=True)["model"])
+    val = train.validate(model, *images.load_split(open_dataset(params), "val", 32)[:2], len(CLASSES),
+                         torch.device("cpu"))
+    assert val["macro_f1"] == pytest.approx(run["history"]["val_macro_f1"].iloc[-1])
+    # Seeded bf16 runs repeat exactly; the arithmetic differs from fp32, so the param trains (a new checkpoint).
+    again = fit(params, tmp_path / "again")
+    fp32 = fit({**params, "cpu_bf16": False}, tmp_path / "fp32")
+    weights = {k: torch.load(r["last_checkpoint"], weights_only=True)["model"] for k, r in
+               (("bf16", run), ("again", again), ("fp32", fp32))}
+    assert state_dicts_equal(weights["bf16"], weights["again"])
+    assert not state_dicts_equal(weights["bf16"], weights["fp32"])
+    # On a CPU without native bf16 it is emulated: slower, so the run says so.
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(RuntimeWarning, match="no native bf16"):
+        assert runtime.amp_dtype(torch.device("cpu"), amp=True, cpu_bf16=True) == torch.bfloat16
+    assert runtime.amp_dtype(torch.device("cpu"), amp=True) is None  # off by default: fp32 on the CPU
+
+
 def test_soft_labels_train_on_the_vote_distribution_and_need_votes(data_root, tmp_path):
     root = tmp_path / "ferplus"
     rows = []

@@ -6,6 +6,7 @@ device the same way and unwraps a DistributedDataParallel model the same way.
 from __future__ import annotations
 
 from contextlib import contextmanager
+import warnings
 
 import numpy as np
 import torch
@@ -67,8 +68,20 @@ def seed(*keys: int) -> int:
     return int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-def amp_dtype(device: torch.device, amp: bool):
-    """The autocast dtype for mixed precision (bf16 where the GPU supports it, else fp16); None = full precision."""
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (AMX or AVX-512 BF16): what makes cpu_bf16 pay."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def amp_dtype(device: torch.device, amp: bool, cpu_bf16: bool = False):
+    """The autocast dtype for mixed precision; None = full precision. On CUDA (`amp`): bf16 where the GPU
+    supports it, else fp16. On the CPU only when asked (`cpu_bf16`): bf16, the one dtype CPU autocast
+    speeds up, and only on CPUs with native bf16 (AMX, AVX-512 BF16); elsewhere it is emulated, slower (warned)."""
+    if device.type == "cpu":
+        if cpu_bf16 and not cpu_has_native_bf16():
+            warnings.warn("cpu_bf16: this CPU has no native bf16 (AMX or AVX-512 BF16), so bf16 is emulated "
+                          "and training is slower than in fp32; set cpu_bf16=false", RuntimeWarning, stacklevel=2)
+        return torch.bfloat16 if cpu_bf16 else None
     if not amp or device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -406,7 +406,7 @@ def build_model(run: Run, arrays: Arrays) -> Optimization:
     steps = len(batch_indices(shard(torch.arange(len(arrays.y_train)), run.rank, run.world), params["batch_size"]))
     optimizer = make_optimizer(model, params)
     scheduler = make_scheduler(optimizer, params, steps)
-    amp = select_amp_dtype(device, params["amp"])
+    amp = select_amp_dtype(device, params["amp"], params["cpu_bf16"])
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
     weight = (torch.as_tensor(class_weights(arrays.y_train, arrays.num_classes), dtype=torch.float32, device=device)
               if params["imbalance"] == "weighted_loss" else None)
@@ -446,8 +446,10 @@ def fit_one_epoch(run: Run, arrays: Arrays, opt: Optimization, epoch: int) -> di
         stats.update(loss_sum=totals[0].item(), correct=totals[1].item(), seen=totals[2].item())
         for buffer in unwrap_model(opt.model).buffers():  # each rank's BN stats saw its own last batch: use rank 0's
             dist.broadcast(buffer, 0)
+    # Validated at evaluation's precision (cpu_bf16 only trains), so the best epoch is chosen on the numbers
+    # that evaluation and `fer predict` will give.
     val = validate(opt.evaluated, arrays.x_val, arrays.y_val, arrays.num_classes, run.device, 2 * params["batch_size"],
-                   opt.amp_dtype, arrays.va_val)
+                   select_amp_dtype(run.device, params["amp"]), arrays.va_val)
     return dict(epoch=epoch, train_loss=stats["loss_sum"] / stats["seen"],
                 train_accuracy=stats["correct"] / stats["seen"], val_loss=val["loss"],
                 val_accuracy=val["accuracy"], val_balanced_accuracy=val["balanced_accuracy"],

@@ -129,8 +129,8 @@ def main():
           f"{args.steps} steps x best of {args.repeats}, {'CPU' if args.cpu_time else 'wall'} time, "
           + (f"loop from a memory map through {args.num_workers} workers" if args.num_workers else "loop in memory")
           + f"; augmentations: {AUGMENT}")
-    print(f"{'model':<14}{'width':>6}{'size':>6}{'ch':>4}{'prec':>6}{'model only img/s':>18}{'loop img/s':>12}{'loop/model':>12}"
-          f"{'pipeline only img/s':>21}")
+    print(f"{'model':<14}{'width':>6}{'size':>6}{'ch':>4}{'prec':>6}{'model only img/s':>18}{'loop img/s':>12}"
+          f"{'loop/model':>12}{'pipeline only img/s':>21}")
     for name, width, size, channels in configs:
         alone, loop = dict.fromkeys(args.precisions, 0.0), dict.fromkeys(args.precisions, 0.0)
         pipeline = 0.0

@@ -5,8 +5,8 @@ device the same way and unwraps a DistributedDataParallel model the same way.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 import torch

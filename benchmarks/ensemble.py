@@ -7,8 +7,9 @@ protocol its selection split chose) over every combination of two or more of the
 accuracy, balanced accuracy and macro-F1 on the selection split (val) and the report split (test),
 beside each run alone. The combination to keep is chosen on val; test is read after. Costs nothing
 to measure (no forward pass), and answers whether distillation from an ensemble of the project's own
-models could reach a target before anyone trains a student. The runs must have been scored on the
-same images (same data, seed and selection_fraction).
+models could reach a target before anyone trains a student (`fer train ... -p teachers=runs/a,runs/b`,
+`fer_utils.engine.targets`). The runs must have been scored on the same images (same data, seed and
+selection_fraction).
 """
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 sampling, augmentation, torchrun. Tiny models (width 8) on a tiny 32 px folders dataset."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ from PIL import Image
 from fer_utils import metrics
 from fer_utils.analysis import evaluate
 from fer_utils.data import images
-from fer_utils.engine import checkpoint, models, optim, runtime, sampling, train, transforms
+from fer_utils.engine import checkpoint, models, optim, runtime, sampling, targets, train, transforms
 from fer_utils.data.datasets import open_dataset
 from fer_utils.paths import REPO_ROOT
 from fer_utils.engine.models import create_model
@@ -615,6 +616,68 @@ def test_a_fer2013_folder_copy_takes_the_ferplus_votes_beside_it_mixed_with_its_
     table.reset_index().assign(path="other/face.png").iloc[:1].to_csv(root / "ferplus_votes.csv", index=False)
     with pytest.raises(train.DataError, match=f"none of the {len(locations)} training faces has votes"):
         train.load_arrays(train.prepare_run(params, data, tmp_path / "run", resume=False))
+
+
+def test_distillation_trains_each_face_on_its_teachers_mean_probabilities_and_refuses_teachers_that_saw_val(
+        data_root, tmp_path, capsys):
+    """teachers: each training face's target is teacher_share of the teachers' mean probabilities (each under
+    its evaluation's protocol: flip TTA where metrics.json says so) plus the rest of its own label; which
+    teachers (sha256) is written beside the run, and a finished run is reused only while they are the same
+    files. A teacher of other data or carve-out, a refit one (it trained
+    on val), one of another input size, one without a data fingerprint and the run's own best.pt are refused."""
+    t1, t2 = tmp_path / "t1", tmp_path / "t2"
+    fit(make_params(data_root, epochs=2), t1)
+    fit(make_params(data_root, epochs=2, width=16), t2)
+    (t1 / "metrics.json").write_text(json.dumps({"test": {"tta": True}, "checkpoint": {"path": str(t1 / "best.pt")}}))
+    params = make_params(data_root, teachers=f"{t1}, {t2 / 'best.pt'}", teacher_share=0.5)
+    data = open_dataset(params)
+    arrays = train.load_arrays(train.prepare_run(params, data, tmp_path / "student", resume=False))
+    x = images.load_split(data, "train", 32)[0]
+    mean = (evaluate.predict(checkpoint.load_model(t1 / "best.pt")[0], x, flip=True)
+            + evaluate.predict(checkpoint.load_model(t2 / "best.pt")[0], x)) / 2
+    expected = 0.5 * mean + 0.5 * np.eye(len(CLASSES))[arrays.y_train]
+    np.testing.assert_allclose(arrays.y_target, expected, rtol=1e-5)
+    assert not np.allclose(mean, np.eye(len(CLASSES))[arrays.y_train], atol=0.05)  # not the labels again
+    recorded = json.loads((tmp_path / "student" / targets.TEACHERS_FILE).read_text())
+    assert [(r["sha256"], r["flip_tta"]) for r in recorded] == [
+        (hashlib.sha256((t / "best.pt").read_bytes()).hexdigest(), flip) for t, flip in ((t1, True), (t2, False))]
+    assert "teachers' ensemble: agrees with" in capsys.readouterr().out
+    assert "0.5 of the teachers' probabilities for each face and 0.5 of its label" in train.objective(params)
+    out = fit(params, tmp_path / "student")  # trains on them
+    assert np.isfinite(out["history"]["train_loss"]).all() and out["best_epoch"] >= 1
+    assert fit(params, tmp_path / "student")["reused"]
+    other = torch.load(t2 / "best.pt", weights_only=True)  # other weights at a teacher's path: not reused
+    torch.save({**other, "model": {k: v + 0.01 if v.is_floating_point() else v for k, v in other["model"].items()}},
+               t2 / "best.pt")
+    capsys.readouterr()
+    assert not fit(params, tmp_path / "student")["reused"]
+    assert "its teachers' weights are not those" in capsys.readouterr().out
+    (tmp_path / "student" / targets.TEACHERS_FILE).write_text("{not json")
+    assert not fit(params, tmp_path / "student")["reused"]
+    assert "teachers.json is damaged" in capsys.readouterr().out
+
+    def refused(ckpt_path, match, error=checkpoint.CheckpointError):
+        with pytest.raises(error, match=match):
+            train.load_arrays(train.prepare_run({**params, "teachers": str(ckpt_path)}, data, tmp_path / "s2",
+                                                resume=False))
+
+    ckpt = torch.load(t1 / "best.pt", weights_only=True)
+    for name, change, match in [("other", dict(fingerprint="0" * 16), "other data or another carve-out"),
+                                ("refit", dict(params={**ckpt["params"], "refit": True}), "refit on train \\+ val")]:
+        torch.save({**ckpt, **change}, tmp_path / f"{name}.pt")
+        refused(tmp_path / f"{name}.pt", match)
+    fit(make_params(data_root, epochs=1, image_size=40), tmp_path / "t40")
+    refused(tmp_path / "t40", "takes 40 px faces with 1 channel")
+    torch.save({k: v for k, v in ckpt.items() if k != "fingerprint"}, tmp_path / "unknown.pt")
+    refused(tmp_path / "unknown.pt", "carries no data fingerprint")
+    refused(tmp_path / "missing", "teachers: no checkpoint at", FileNotFoundError)
+    refused(",", "names no checkpoint")
+    with pytest.raises(checkpoint.CheckpointError, match="this run's own best.pt"):
+        train.load_arrays(train.prepare_run(params, data, t1, resume=False))
+    with pytest.raises(ParamsError, match="'teacher_share' = 0.5 needs 'teachers'"):
+        make_params(data_root, teacher_share=0.5)
+    with pytest.raises(ParamsError, match="soft_labels=true and 'teachers' both"):
+        make_params(data_root, teachers=str(t1), soft_labels=True)
 
 
 # -- valence and arousal ----------------------------------------------------------

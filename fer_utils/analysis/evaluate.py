@@ -33,17 +33,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
 from ..data.datasets import Dataset
 from ..data.images import load_split, open_image, to_array
-from ..engine import inference
 from ..engine.checkpoint import CheckpointError, load_model
-from ..engine.runtime import amp_dtype as select_amp_dtype
-from ..engine.runtime import select_device, unwrap_model
+from ..engine.inference import predict
 from ..engine.train import has_valence_arousal
-from ..engine.transforms import prepare_batch
 from ..metrics import VA_NAMES, VA_SCORES, scores, valence_arousal_scores
 from ..paths import REPO_ROOT, atomic_write, write_text
 
@@ -58,41 +54,6 @@ def is_balanced(counts) -> bool:
 
 
 # -- predictions --------------------------------------------------------------
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, x_uint8, batch_size: int = 256, device="cpu", amp: bool = False,
-            return_logits: bool = False, flip: bool = False, return_va: bool = False):
-    """Class probabilities (N, K) float64 numpy for uint8 images (N, C, H, W), tensor or numpy.
-
-    Images are normalised exactly as in training (`engine.transforms.prepare_batch`, no augmentation).
-    flip=True: test-time augmentation, the logits of each image and its mirror image averaged.
-    With return_logits=True and/or return_va=True returns a tuple: probs, then the logits, then the
-    predicted valence and arousal ((N, 2) float64; None for a model without the head).
-    """
-    device = select_device(device) if isinstance(device, str) else torch.device(device)
-    model = model.to(device).eval()
-    x = torch.as_tensor(x_uint8)
-    amp_dtype = select_amp_dtype(device, amp)
-    chunks, va_chunks = [], []
-    for start in range(0, len(x), batch_size):
-        xb = x[start:start + batch_size].to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits, va = inference.forward(model, prepare_batch(xb), flip)
-        chunks.append(logits.cpu())
-        if va is not None:
-            va_chunks.append(va.cpu())
-    num_classes = _num_classes(model)
-    logits = torch.cat(chunks).double() if chunks else torch.zeros((0, num_classes), dtype=torch.float64)
-    probs = torch.softmax(logits, 1).numpy()
-    extra = ([logits.numpy()] if return_logits else []) + (
-        [torch.cat(va_chunks).double().numpy() if va_chunks else None] if return_va else [])
-    return (probs, *extra) if extra else probs
-
-
-def _num_classes(model) -> int:
-    config = getattr(unwrap_model(model), "config", None)
-    return int(config["num_classes"]) if config else 0
-
 
 def predictions_frame(locations, y_true, probs: np.ndarray, classes, va: np.ndarray | None = None) -> pd.DataFrame:
     """One row per image: location, true, predicted (class names), confidence, prob_<class> per class, and

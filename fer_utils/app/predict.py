@@ -141,17 +141,6 @@ def find_checkpoint(checkpoint=None, run_dir=None, bundled: str | None = None) -
                             + ". Train one (make book PARAMS=params/fer2013.yaml) or pass --checkpoint.")
 
 
-def _run_metrics(path: Path) -> dict | None:
-    """The evaluation's metrics.json beside a run's checkpoint, when it scored that very file (an exported
-    model carries its own metrics instead)."""
-    metrics_file = path.parent / "metrics.json"
-    if not metrics_file.is_file():
-        return None
-    metrics = json.loads(metrics_file.read_text())
-    scored = Path(metrics.get("checkpoint", {}).get("path", "")).name
-    return metrics if scored == path.name else None
-
-
 def load_predictor(checkpoint=None, run_dir=None, device: str = "cpu", bundled: str | None = None) -> Predictor:
     """Load a checkpoint for inference (see `find_checkpoint` for which). Raises NoCheckpointError,
     or CheckpointError for a file that is not a usable checkpoint."""
@@ -159,7 +148,7 @@ def load_predictor(checkpoint=None, run_dir=None, device: str = "cpu", bundled: 
     path, source = find_checkpoint(checkpoint, run_dir, bundled)
     model, ckpt = load_model(path, device)
     cfg = ckpt["model_config"]
-    metrics = _run_metrics(path)
+    metrics = inference.run_metrics(path)
     report = (metrics if metrics is not None else ckpt.get("metrics") or {}).get("test")
     return Predictor(model=model, checkpoint=ckpt, path=path, source=source, classes=list(ckpt["classes"]),
                      image_size=int(cfg["image_size"]), channels=int(cfg["in_channels"]),

@@ -78,6 +78,11 @@ SCHEMA: dict[str, Param] = {
                          "a class-folder FER2013 copy with ferplus_votes.csv beside its folders (the same faces)"),
     "vote_share": Param(1.0, float, "soft_labels: the votes' share of each face's target, the rest its own label "
                         "(one-hot); 1 = the votes alone", low=0.0, high=1.0),
+    "teachers": Param("", str, "distillation: comma-separated run folders (or checkpoints) of this data and carve-out, "
+                      "not refit, whose models' mean probabilities for each training face are its target "
+                      "(fer_utils.engine.targets); empty = off"),
+    "teacher_share": Param(1.0, float, "teachers: the ensemble's share of each face's target, the rest its own "
+                           "label (one-hot); 1 = the teachers alone", low=0.0, high=1.0),
     "va_weight": Param(0.0, float, "weight of the valence/arousal loss ((1 - CCC) of each) added to the "
                        "classification loss: a second head on the same features predicts them (needs data with "
                        "valence and arousal: AffectNet, synthetic); 0 = no valence/arousal head", low=0.0),
@@ -181,9 +186,9 @@ def _check_value(key: str, value):
 
 
 def _check_together(params: dict) -> None:
-    """Rules across keys: the model's smallest input, the ablation rungs' names, refit's fixed choices, and
-    no setting without what it sets (a vote share without soft labels, a second-dataset setting without the
-    second dataset): it would be silently ignored."""
+    """Rules across keys: the model's smallest input, the ablation rungs' names, refit's fixed choices, one
+    source of soft targets, and no setting without what it sets (a vote or teacher share without its source,
+    a second-dataset setting without the second dataset): it would be silently ignored."""
     minimum = registry.MODELS[params["model"]].min_image_size
     if params["image_size"] < minimum:
         raise ParamsError(f"parameter 'image_size' = {params['image_size']} is too small for model "
@@ -202,6 +207,11 @@ def _check_together(params: dict) -> None:
     if params["vote_share"] != 1.0 and not params["soft_labels"]:
         raise ParamsError(f"parameter 'vote_share' = {params['vote_share']!r} needs soft_labels=true (it mixes the "
                           "votes into each face's target)")
+    if params["teacher_share"] != 1.0 and not params["teachers"]:
+        raise ParamsError(f"parameter 'teacher_share' = {params['teacher_share']!r} needs 'teachers' (it mixes the "
+                          "teachers' probabilities into each face's target)")
+    if params["teachers"] and params["soft_labels"]:
+        raise ParamsError("soft_labels=true and 'teachers' both set each face's target: choose one")
     for key in ("eval_data_dir", "eval_split"):
         if params[key] is not None and params["eval_dataset"] is None:
             raise ParamsError(f"parameter '{key}' = {params[key]!r} needs 'eval_dataset' (the second dataset's "

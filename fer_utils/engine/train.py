@@ -4,8 +4,9 @@
     torchrun --nproc_per_node=N -m fer_utils.engine.train params/x.yaml ...
 
 This file holds only the loops and `main`; augmentation (`transforms`), sampling
-(`sampling`), optimiser and schedule (`optim`), devices and processes (`runtime`)
-and checkpoints (`checkpoint`) live beside it. Design choices, and why:
+(`sampling`), optimiser and schedule (`optim`), devices and processes (`runtime`),
+soft targets from votes or teachers (`targets`) and checkpoints (`checkpoint`) live
+beside it. Design choices, and why:
 - Small faces (48-96 px) live in memory as uint8 tensors, on the training device,
   and are augmented a whole batch at a time (see `transforms`). Large data
   (num_workers > 0) goes through a DataLoader over the same uint8 arrays and is
@@ -35,7 +36,7 @@ from tqdm import tqdm
 
 from .. import metrics
 from ..data import images
-from ..data.datasets import DataError, Dataset, open_dataset, vote_shares
+from ..data.datasets import DataError, Dataset, open_dataset
 from ..config.params import ParamsError, parse_override, resolve
 from ..config.params import save as save_params
 from ..paths import run_dir as default_run_dir
@@ -49,6 +50,7 @@ from .runtime import rank_and_world
 from .runtime import seed as mix_seed
 from .sampling import (AUGMENT, GLOBAL, BatchLoader, batch_indices, class_weights, epoch_order,
                        iterate_batches, shard)
+from .targets import teacher_targets, teachers_changed, vote_targets
 from .transforms import prepare_batch
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy",
@@ -88,7 +90,7 @@ def va_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def train_one_epoch(model, optimizer, scheduler, criterion, batches, params: dict, epoch: int,
                     device: torch.device, steps: int, scaler=None, amp_dtype=None, ema=None) -> dict:
     """One pass over `batches` (from iterate_batches). `epoch` is 1-based. Labels are class indices, or
-    (soft_labels) one distribution per face, of which the arg-max counts as correct. Batches of three
+    (soft_labels, teachers) one distribution per face, of which the arg-max counts as correct. Batches of three
     carry each face's valence and arousal third: params["va_weight"] times `va_loss` is then added to the
     loss (the model has the head). `ema`: an AveragedModel updated after every step. Returns summed loss,
     correct predictions and images seen (this rank), and the last learning rate."""
@@ -181,9 +183,13 @@ def validate(model, x, y, num_classes: int, device: torch.device, batch_size: in
 
 def objective(params: dict) -> str:
     """The training loss in words, as `build_model` sets it up (a chart's train-loss title)."""
-    votes = (f"{params['vote_share']:g} of each face's vote distribution and {1 - params['vote_share']:g} of its "
-             "label" if params["vote_share"] < 1 else "each face's vote distribution")
-    parts = ["cross-entropy" + (f" to {votes}" if params["soft_labels"] else "")
+    source, share = None, 1.0
+    if params["soft_labels"]:
+        source, share = "each face's vote distribution", params["vote_share"]
+    elif params["teachers"]:
+        source, share = "the teachers' probabilities for each face", params["teacher_share"]
+    target = f"{share:g} of {source} and {1 - share:g} of its label" if share < 1 else source
+    parts = ["cross-entropy" + (f" to {target}" if source else "")
              + (" weighted by class" if params["imbalance"] == "weighted_loss" else "")]
     parts += [f"label smoothing {params['label_smoothing']:g}"] if params["label_smoothing"] else []
     parts += [f"+ L1 {params['l1']:g}"] if params["l1"] else []
@@ -239,7 +245,8 @@ class Run:
 @dataclass
 class Arrays:
     """The decoded train and val images (uint8) and labels, where the epoch loop reads them. `y_target` is
-    what the loss compares with: the labels, or (soft_labels) each face's vote distribution (float, N x C).
+    what the loss compares with: the labels, or (soft_labels, teachers) a distribution per face (`targets`;
+    float, N x C).
     `va_train`, `va_val`: each face's valence and arousal (float32, N x 2, NaN where not annotated) when the
     model has the head (va_weight > 0), else None."""
     x_train: object
@@ -297,6 +304,9 @@ def prepare_run(params: dict, data: Dataset | None, run_dir, resume: bool) -> Ru
         raise ParamsError("--resume and retrain=true contradict each other: choose one")
     ckpt, why = ((None, "retrain=true") if params["retrain"]
                  else match_checkpoint(run.last_path, params, list(data.classes), data.fingerprint))
+    if ckpt is not None and params["teachers"]:
+        why = teachers_changed(params, run.run_dir)
+        ckpt = None if why else ckpt
     if resume and ckpt is None:
         raise CheckpointError(f"cannot resume: {why}")
     if ckpt is None and run.last_path.exists():
@@ -327,7 +337,12 @@ def load_arrays(run: Run) -> Arrays:
         locations = np.concatenate([np.asarray(locations, dtype=object), np.asarray(val_locations, dtype=object)])
     if len(y_train) < 2:
         raise DataError(f"the train split has {len(y_train)} usable images; training needs at least 2")
-    target = soft_targets(data, locations, y_train, params["vote_share"]) if params["soft_labels"] else y_train
+    if params["soft_labels"]:
+        target = vote_targets(data, locations, y_train, params["vote_share"])
+    elif params["teachers"]:
+        target = teacher_targets(params, data, x_train, y_train, run.device, run.run_dir, record=run.rank == 0)
+    else:
+        target = y_train
     va_train, va_val = ((valence_arousal_targets(data, locations), valence_arousal_targets(data, val_locations))
                         if params["va_weight"] > 0 else (None, None))
     return Arrays(x_train, y_train, target, target, x_val, y_val, len(data.classes), va_train, va_val)
@@ -349,25 +364,6 @@ def valence_arousal_targets(data: Dataset, locations) -> np.ndarray:
     face is not annotated)."""
     va = _trainable_rows(data)[list(metrics.VA_NAMES)].astype(np.float32)
     return va.loc[[str(loc) for loc in locations]].to_numpy(copy=True)
-
-
-def soft_targets(data: Dataset, locations, y: np.ndarray, share: float = 1.0) -> np.ndarray:
-    """Each training face's target (load_split's order; N x classes, float32, rows summing to 1): `share` of
-    its vote distribution (`datasets.vote_shares`) plus 1 - `share` of its own label `y`, one-hot.
-
-    A face without votes (FER2013 files FER+ could not match, or whose votes are all contempt) keeps its
-    one-hot label; how many is logged. A dataset with no votes at all is an error (vote_shares)."""
-    onehot = np.eye(len(data.classes), dtype=np.float64)[y]
-    votes = vote_shares(data).reindex([str(loc) for loc in locations])
-    unvoted = votes.isna().any(axis=1).to_numpy()
-    if unvoted.all():
-        raise DataError(f"soft_labels=true: none of the {len(y)} training faces has votes for the classes "
-                        f"{', '.join(data.classes)}")
-    if unvoted.any():
-        log(f"soft_labels: {int(unvoted.sum())} of {len(y)} training faces have no votes; their own label is "
-            "their target")
-    distribution = np.where(unvoted[:, None], onehot, votes.fillna(0.0).to_numpy())
-    return (share * distribution + (1.0 - share) * onehot).astype(np.float32)
 
 
 def to_device(arrays: Arrays, run: Run) -> None:

@@ -14,7 +14,7 @@ from fer_utils.book import pipeline
 from fer_utils.config.params import ParamsError, resolve
 from fer_utils.data.datasets import DataError, open_dataset
 from fer_utils.data.images import load_split
-from fer_utils.engine import checkpoint, train
+from fer_utils.engine import checkpoint, inference, train
 
 MODEL_CLASSES = ["neutral", "happy", "sad", "anger"]  # what the folders below train (canonical names, id order)
 
@@ -92,7 +92,7 @@ def test_run_scores_the_checkpoint_on_a_second_dataset_by_class_name(trained):
     model, ckpt = evaluate.load_for_evaluation(params, run_dir)
     assert ckpt["model_config"]["image_size"] == 24 and ckpt["model_config"]["in_channels"] == 1
     x, _, locations = load_split(ds, "test", 24, 1)
-    probs = pd.DataFrame(evaluate.predict(model, x, flip=True), index=locations)
+    probs = pd.DataFrame(inference.predict(model, x, flip=True), index=locations)
     assert np.allclose(probs.loc[saved["location"]].to_numpy(), evaluate.prob_columns(saved, MODEL_CLASSES), atol=1e-6)
     t, p = saved["true"], saved["predicted"]
     assert result["accuracy"] == pytest.approx((t == p).mean())

@@ -16,7 +16,7 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, f1_score, 
 from conftest import FER_DATA_DIR
 from fer_utils import metrics
 from fer_utils.analysis import calibration, evaluate, saliency
-from fer_utils.engine import checkpoint, train
+from fer_utils.engine import checkpoint, inference, train
 from fer_utils.data.datasets import open_dataset, read_folders
 from fer_utils.config.params import resolve
 from fer_utils.data.labels import EMOTIONS
@@ -233,7 +233,7 @@ def test_predict_normalises_as_training_does():
     model = create_model("baseline_cnn", 3, 1, 32, width=8).eval()
     x = np.random.default_rng(1).integers(0, 256, (10, 1, 32, 32), dtype=np.uint8)
     y = np.arange(10) % 3
-    probs = evaluate.predict(model, x, batch_size=4, device="cpu")
+    probs = inference.predict(model, x, batch_size=4, device="cpu")
     assert probs.shape == (10, 3) and np.allclose(probs.sum(1), 1)
     reference = train.validate(model, torch.from_numpy(x), torch.from_numpy(y), 3, torch.device("cpu"))
     assert (probs.argmax(1) == reference["y_pred"]).all()
@@ -319,13 +319,14 @@ def test_flip_tta_averages_the_logits_of_each_face_and_its_mirror():
     torch.manual_seed(0)
     model = create_model("regularized_cnn", 4, 1, 32, width=4).eval()
     x = torch.randint(0, 256, (6, 1, 32, 32), dtype=torch.uint8)
-    _, logits = evaluate.predict(model, x, return_logits=True)
-    _, mirrored = evaluate.predict(model, x.flip(-1), return_logits=True)
-    probs, both = evaluate.predict(model, x, batch_size=4, return_logits=True, flip=True)
+    _, logits = inference.predict(model, x, return_logits=True)
+    _, mirrored = inference.predict(model, x.flip(-1), return_logits=True)
+    probs, both = inference.predict(model, x, batch_size=4, return_logits=True, flip=True)
     assert both == pytest.approx((logits + mirrored) / 2, abs=1e-5)
     assert probs == pytest.approx(torch.softmax(torch.as_tensor(both), 1).numpy())
     symmetric = torch.cat([x[..., :16], x[..., :16].flip(-1)], -1)
-    assert evaluate.predict(model, symmetric, flip=True) == pytest.approx(evaluate.predict(model, symmetric), abs=1e-6)
+    assert inference.predict(model, symmetric, flip=True) == pytest.approx(inference.predict(model, symmetric),
+                                                                            abs=1e-6)
 
 
 def test_decide_tta_on_val_macro_f1_or_as_forced():

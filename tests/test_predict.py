@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fer_utils.analysis import evaluate
 from fer_utils.app import faces, predict
+from fer_utils.engine import inference
 from fer_utils.engine.checkpoint import CheckpointError
 from photos import FACE, FER2013_CLASSES, astronaut, encode, face_tiles, iou, noise, png_header, tiny_checkpoint
 
@@ -357,11 +357,11 @@ def test_cli_default_protocol_is_the_checkpoints_headline_protocol(tmp_path, tta
                                for flags in ([], ["--no-tta"], ["--tta"]))
     assert default["probabilities"] == (flipped if tta else plain)["probabilities"]
     assert plain["probabilities"] != flipped["probabilities"]
-    # the photo's one face, scored as evaluate.predict scores it: mean logits of the face and its mirror image
+    # the photo's one face, scored as inference.predict scores it: mean logits of the face and its mirror image
     predictor = predict.load_predictor(path)
     face = predict.predict_image(encode(astronaut()), predictor)[0]
     crop = torch.from_numpy(face.crop[None])
-    expected = evaluate.predict(predictor.model, crop, flip=tta)[0]
+    expected = inference.predict(predictor.model, crop, flip=tta)[0]
     assert [face.probabilities[c] for c in predictor.classes] == pytest.approx(expected.tolist(), abs=1e-6)
 
 

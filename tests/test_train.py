@@ -21,7 +21,7 @@ from PIL import Image
 from fer_utils import metrics
 from fer_utils.analysis import evaluate
 from fer_utils.data import images
-from fer_utils.engine import checkpoint, models, optim, runtime, sampling, targets, train, transforms
+from fer_utils.engine import checkpoint, inference, models, optim, runtime, sampling, targets, train, transforms
 from fer_utils.data.datasets import open_dataset
 from fer_utils.paths import REPO_ROOT
 from fer_utils.engine.models import create_model
@@ -633,8 +633,8 @@ def test_distillation_trains_each_face_on_its_teachers_mean_probabilities_and_re
     data = open_dataset(params)
     arrays = train.load_arrays(train.prepare_run(params, data, tmp_path / "student", resume=False))
     x = images.load_split(data, "train", 32)[0]
-    mean = (evaluate.predict(checkpoint.load_model(t1 / "best.pt")[0], x, flip=True)
-            + evaluate.predict(checkpoint.load_model(t2 / "best.pt")[0], x)) / 2
+    mean = (inference.predict(checkpoint.load_model(t1 / "best.pt")[0], x, flip=True)
+            + inference.predict(checkpoint.load_model(t2 / "best.pt")[0], x)) / 2
     expected = 0.5 * mean + 0.5 * np.eye(len(CLASSES))[arrays.y_train]
     np.testing.assert_allclose(arrays.y_target, expected, rtol=1e-5)
     assert not np.allclose(mean, np.eye(len(CLASSES))[arrays.y_train], atol=0.05)  # not the labels again

@@ -28,6 +28,7 @@ from ..data import images
 from ..data.datasets import Dataset
 from ..engine import train
 from ..engine.checkpoint import load_model
+from ..engine.inference import predict
 from ..engine.runtime import TrainingError, log, select_device
 from ..metrics import scores
 from . import evaluate
@@ -219,7 +220,7 @@ def run(params: dict, ds: Dataset, run_dir: str | Path) -> list[dict]:
                 break
             model, _ = load_model(job.out / "best.pt", device)
             for split, (x, y, locations) in decoded.items():
-                probs = evaluate.predict(model, x, 2 * params["batch_size"], device, params["amp"])
+                probs = predict(model, x, 2 * params["batch_size"], device, params["amp"])
                 frame = evaluate.predictions_frame(locations, y, probs, ds.classes)
                 evaluate.save_predictions(frame, job.out, split)
                 result[split].append(frame)

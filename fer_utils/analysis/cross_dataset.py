@@ -163,7 +163,7 @@ def run(params: dict, run_dir, device="cpu", ds: Dataset | None = None, train_ds
     x, y, locations = load_split(ds, split, config["image_size"], config["in_channels"])
     if not len(x):
         raise DataError(f"split '{split}' of the second dataset ({ds.format}, {ds.root}) has no readable images")
-    probs = evaluate.predict(model, x, 2 * params["batch_size"], device, params["amp"], flip=flip)
+    probs = inference.predict(model, x, 2 * params["batch_size"], device, params["amp"], flip=flip)
     true = np.asarray(ds.classes, dtype=object)[y]
     predicted = np.asarray(model_classes, dtype=object)[probs.argmax(1)]
     result = score(true, predicted, model_classes, ds.classes)

@@ -537,8 +537,19 @@ def test_cpu_bf16_trains_under_bf16_autocast_validates_in_fp32_and_is_reproducib
                (("bf16", run), ("again", again), ("fp32", fp32))}
     assert state_dicts_equal(weights["bf16"], weights["again"])
     assert not state_dicts_equal(weights["bf16"], weights["fp32"])
-    # On a CPU without native bf16 it is emulated: slower, so the run says so.
+    # cpu_bf16=auto is bf16 where the CPU has it natively and fp32 elsewhere, resolved before the run is keyed:
+    # each machine reuses the run of the arithmetic it would train with, and the saved params say which.
+    auto = {**params, "cpu_bf16": "auto"}
+    assert fit(auto, tmp_path / "bf16")["reused"]
+    assert yaml.safe_load((tmp_path / "bf16" / "params.yaml").read_text())["cpu_bf16"] is True
+    # On a CPU without native bf16 it is emulated: 12x slower, so a run that insists says so; auto does not.
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert fit(auto, tmp_path / "fp32")["reused"]
+        assert not fit(auto, tmp_path / "auto")["reused"]
+    assert yaml.safe_load((tmp_path / "auto" / "params.yaml").read_text())["cpu_bf16"] is False
+    assert state_dicts_equal(weights["fp32"], torch.load(tmp_path / "auto" / "last.pt", weights_only=True)["model"])
     with pytest.warns(RuntimeWarning, match="no native bf16"):
         assert runtime.amp_dtype(torch.device("cpu"), amp=True, cpu_bf16=True) == torch.bfloat16
     assert runtime.amp_dtype(torch.device("cpu"), amp=True) is None  # off by default: fp32 on the CPU

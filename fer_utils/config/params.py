@@ -103,9 +103,11 @@ SCHEMA: dict[str, Param] = {
     # -- hardware
     "device": Param("auto", ("auto", "cpu", "cuda", "mps"), "auto = CUDA, else MPS, else CPU", trains=False),
     "amp": Param(True, bool, "mixed precision on CUDA (bf16 where supported)"),
-    "cpu_bf16": Param(False, bool, "train under bf16 autocast on the CPU (amp covers CUDA): about 2x the images "
-                      "per second on CPUs with native bf16 (AMX, AVX-512 BF16), slower on others; validation and "
-                      "evaluation stay fp32. Off by default: it changes the arithmetic, so the weights depend on it"),
+    "cpu_bf16": Param(False, (False, True, "auto"), "train under bf16 autocast on the CPU (amp covers CUDA): "
+                      "about 2x the images per second on CPUs with native bf16 (AMX, AVX-512 BF16), 12x slower on "
+                      "others (emulated); auto = only where native (the run saves what it resolved to); "
+                      "validation and evaluation stay fp32. Off by default: it changes the arithmetic, so the "
+                      "weights depend on it"),
     "num_workers": Param(0, int, "DataLoader workers (large images); 0 = in-memory tensors", trains=False, low=0),
     "retrain": Param(False, bool, "retrain even if a valid checkpoint for these params and data exists",
                      trains=False),
@@ -165,8 +167,8 @@ def _check_value(key: str, value):
             return None
         empty = ", or '' for empty text" if allowed is str else ""
         raise ParamsError(f"parameter '{key}' has no value (null); give one (default: {spec.default!r}{empty})")
-    if isinstance(allowed, tuple):
-        if value not in allowed:
+    if isinstance(allowed, tuple):  # by type too: YAML's `true` is not the 1 of `channels`, nor 1 the true
+        if not any(value == choice and type(value) is type(choice) for choice in allowed):
             raise ParamsError(f"parameter '{key}' = {value!r}; allowed: {', '.join(map(str, allowed))}")
         return value
     if allowed is float and not isinstance(value, bool):

@@ -46,7 +46,7 @@ from .checkpoint import (CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, ma
 from .models import count_parameters, create_model, valence_arousal
 from .optim import make_optimizer, make_scheduler
 from .runtime import TrainingError, amp_dtype as select_amp_dtype, log, rank0_first, select_device, unwrap_model
-from .runtime import rank_and_world
+from .runtime import rank_and_world, resolve_cpu_bf16
 from .runtime import seed as mix_seed
 from .sampling import (AUGMENT, GLOBAL, BatchLoader, batch_indices, class_weights, epoch_order,
                        iterate_batches, shard)
@@ -289,9 +289,11 @@ def result(history: dict, best_epoch: int, run_dir: Path, started: float, reused
 
 
 def prepare_run(params: dict, data: Dataset | None, run_dir, resume: bool) -> Run:
-    """Pick the device, open the data, and find a checkpoint to reuse or resume (none with retrain=true)."""
+    """Pick the device (and with it cpu_bf16=auto's precision), open the data, and find a checkpoint to reuse
+    or resume (none with retrain=true)."""
     rank, world_size = rank_and_world()
     device = select_device(params["device"], int(os.environ.get("LOCAL_RANK", 0)))
+    params = {**params, "cpu_bf16": resolve_cpu_bf16(params["cpu_bf16"], device)}
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
@@ -497,6 +499,7 @@ def fit(params: dict, data: Dataset | None = None, run_dir: str | Path | None = 
     wall_time_s (this call), train_time_s (all epochs), images_per_s (training) and reused.
     """
     run = prepare_run(params, data, run_dir, resume)
+    params = run.params  # cpu_bf16 resolved
     if run.checkpoint is not None and run.checkpoint["finished"]:
         log(f"reusing the finished run in {run.run_dir} (same training params and data; retrain=true to train again)")
         return result(run.checkpoint["history"], run.checkpoint["best_epoch"], run.run_dir, run.started, reused=True)

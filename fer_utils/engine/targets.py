@@ -31,9 +31,9 @@ from .runtime import log
 TEACHERS_FILE = "teachers.json"
 
 
-def mix(distribution: np.ndarray, y: np.ndarray, share: float) -> np.ndarray:
+def mix(distribution: np.ndarray, y: np.ndarray, share: float | np.ndarray) -> np.ndarray:
     """`share` of each row of `distribution` (N x classes, rows summing to 1) plus 1 - `share` of the
-    one-hot label `y`, as float32."""
+    one-hot label `y`, as float32. share: one for all rows, or one per row (N x 1)."""
     onehot = np.eye(distribution.shape[1], dtype=np.float64)[y]
     return (share * distribution + (1.0 - share) * onehot).astype(np.float32)
 
@@ -52,8 +52,7 @@ def vote_targets(data: Dataset, locations, y: np.ndarray, share: float = 1.0) ->
     if unvoted.any():
         log(f"soft_labels: {int(unvoted.sum())} of {len(y)} training faces have no votes; their own label is "
             "their target")
-    onehot = np.eye(len(data.classes), dtype=np.float64)[y]
-    return mix(np.where(unvoted[:, None], onehot, votes.fillna(0.0).to_numpy()), y, share)
+    return mix(votes.fillna(0.0).to_numpy(), y, np.where(unvoted, 0.0, share)[:, None])
 
 
 def teacher_checkpoints(spec: str, run_dir: Path) -> list[Path]:

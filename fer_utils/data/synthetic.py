@@ -63,8 +63,11 @@ AFFECTNET_SHARES: dict[int, float] = {
 _SHARES_PERMILLE = {k: round(v * 1000) for k, v in AFFECTNET_SHARES.items()}  # exact integers
 
 GENERATOR = "fer_utils.data.synthetic"
-GENERATOR_VERSION = 2  # bump whenever the output changes, so cached datasets are regenerated
+GENERATOR_VERSION = 3  # bump whenever the output changes, so cached datasets are regenerated
 # 2: valence/arousal drawn around the circumplex (VA_SPREAD), label noise, test_set/
+# 3: the camera's downsampling, blur and grayscale in fixed-order elementwise float32 arithmetic, not
+#    OpenCV's and BLAS's SIMD kernels, which differ by CPU: version 2's faces differed between an AVX2 and
+#    an AVX-512 machine in a few pixels
 JPEG_QUALITY = 90
 SPLITS = (("train_set", 0), ("val_set", 1), ("test_set", 2))  # folder name, code mixed into the seed
 LABEL_NOISE = 0.23  # two noisy labels of a face agree 0.77^2 + 0.23^2/7 = 60.05% of the time
@@ -645,7 +648,10 @@ def _photometry(img: np.ndarray, rng: np.random.Generator, size: int, ss: int) -
     blur and grayscale, then sensor noise; returns the final uint8 image.
 
     These vary what a net must ignore (exposure, white balance, focus, noise) independently
-    of the expression.
+    of the expression. Every step is elementwise float32 arithmetic in a fixed order, so each
+    pixel is the same on every CPU: a library kernel picks its SIMD code by CPU (OpenCV's float
+    resize and blur, BLAS's matrix product), which moves a result by a last bit, and that moves
+    a rounded pixel now and then.
     """
     S = img.shape[0]
     out = img.astype(np.float32)
@@ -655,14 +661,42 @@ def _photometry(img: np.ndarray, rng: np.random.Generator, size: int, ss: int) -
     out *= (light * rng.uniform(0.7, 1.15))[:, :, None]
     out *= rng.uniform(0.9, 1.1, 3).astype(np.float32)  # colour cast
     if ss > 1:
-        out = cv2.resize(out, (size, size), interpolation=cv2.INTER_AREA)
+        out = _block_mean(out, ss)
     if rng.random() < NUISANCE["blur"]:
-        sigma = rng.uniform(0.3, NUISANCE["blur_max"]) * size / 64.0
-        out = cv2.GaussianBlur(out, (0, 0), sigma)
+        out = _gaussian_blur(out, rng.uniform(0.3, NUISANCE["blur_max"]) * size / 64.0)
     if rng.random() < NUISANCE["gray"]:  # some photos are grayscale
-        out[:] = out @ np.array([0.299, 0.587, 0.114], np.float32)[:, None]
+        gray = out[..., 0] * np.float32(0.299) + out[..., 1] * np.float32(0.587) + out[..., 2] * np.float32(0.114)
+        out[:] = gray[..., None]
     out += rng.normal(0.0, rng.uniform(1.0, NUISANCE["noise_max"]), out.shape).astype(np.float32)
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def _block_mean(img: np.ndarray, ss: int) -> np.ndarray:
+    """The mean of each ss x ss block (an area downsample by an integer factor, as cv2.INTER_AREA),
+    summed in a fixed order."""
+    total = img[0::ss, 0::ss].copy()
+    for dy in range(ss):
+        for dx in range(ss):
+            if dy or dx:
+                total += img[dy::ss, dx::ss]
+    return total * np.float32(1.0 / (ss * ss))
+
+
+def _gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    """A separable Gaussian blur (radius 4 sigma, mirrored border without repeating the edge, as
+    cv2.GaussianBlur's default for float images), its taps summed in a fixed order."""
+    radius = max(1, round(4 * sigma))
+    taps = np.array([math.exp(-0.5 * (i / sigma) ** 2) for i in range(-radius, radius + 1)])
+    taps = (taps / taps.sum()).astype(np.float32)
+
+    def along_rows(a: np.ndarray) -> np.ndarray:
+        padded = np.pad(a, [(radius, radius)] + [(0, 0)] * (a.ndim - 1), mode="reflect")
+        n = a.shape[0]
+        out = taps[0] * padded[:n]
+        for i in range(1, len(taps)):
+            out += taps[i] * padded[i:i + n]
+        return out
+    return along_rows(along_rows(img).swapaxes(0, 1)).swapaxes(0, 1)
 
 
 # ----------------------------------------------------------------------------- writing

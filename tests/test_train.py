@@ -511,7 +511,7 @@ def test_ema_is_what_is_validated_saved_and_resumed_exactly(data_root, tmp_path,
 
 
 def test_cpu_bf16_trains_under_bf16_autocast_validates_in_fp32_and_is_reproducible(data_root, tmp_path,
-                                                                                     monkeypatch):
+                                                                                     monkeypatch, capsys):
     params = make_params(data_root, epochs=2, aug_flip=True, cpu_bf16=True)
     dtypes = {True: set(), False: set()}  # the logits' dtype, by model.training
     original = models.SmallResNet.forward
@@ -524,6 +524,7 @@ def test_cpu_bf16_trains_under_bf16_autocast_validates_in_fp32_and_is_reproducib
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
     run = fit(params, tmp_path / "bf16")
     assert dtypes == {True: {torch.bfloat16}, False: {torch.float32}}
+    assert "under bfloat16 autocast" in capsys.readouterr().out
     # The best epoch was chosen on fp32 validation: what evaluation and `fer predict` give for the same weights.
     model = create_model("resnet", len(CLASSES), 1, 32, 8)
     model.load_state_dict(torch.load(tmp_path / "bf16" / "last.pt", weights_only=True)["model"])
@@ -547,7 +548,9 @@ def test_cpu_bf16_trains_under_bf16_autocast_validates_in_fp32_and_is_reproducib
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         assert fit(auto, tmp_path / "fp32")["reused"]
+        capsys.readouterr()
         assert not fit(auto, tmp_path / "auto")["reused"]
+        assert "autocast" not in capsys.readouterr().out
     assert yaml.safe_load((tmp_path / "auto" / "params.yaml").read_text())["cpu_bf16"] is False
     assert state_dicts_equal(weights["fp32"], torch.load(tmp_path / "auto" / "last.pt", weights_only=True)["model"])
     with pytest.warns(RuntimeWarning, match="no native bf16"):

@@ -512,6 +512,7 @@ def fit(params: dict, data: Dataset | None = None, run_dir: str | Path | None = 
     log(f"training {params['model']} (width {params['width']}, {count_parameters(opt.model):,} parameters) on "
         f"{len(arrays.y_train)} images, {len(arrays.y_val)} val, {arrays.num_classes} classes, {run.device}"
         + (f" x {run.world} processes" if run.world > 1 else "")
+        + (f" under {str(opt.amp_dtype).removeprefix('torch.')} autocast" if opt.amp_dtype is not None else "")
         + f", {params['epochs']} epochs of {opt.steps} steps -> {run.run_dir}"
         + ("; refit: val is trained on, the last epoch is kept" if params["refit"] else ""))
     try:

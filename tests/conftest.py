@@ -1,8 +1,11 @@
 """Small on-disk datasets in each supported format, written per test."""
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -26,6 +29,22 @@ ablation_epochs: 1
 """
 
 FER_DATA_DIR = os.environ.get("FER_DATA_DIR") or str(Path.home() / ".cache/fer-data/fer2013")
+
+
+@pytest.fixture(scope="session")
+def tiny_book(tmp_path_factory):
+    """TINY's book, built once for the tests that read it (a build takes minutes on 2 cores): `root` holds
+    runs/ and _build/, `params` is the params file, `code` the pipeline's exit code, `log` what it printed."""
+    from fer_utils.book import pipeline
+    root = tmp_path_factory.mktemp("tiny-book")
+    params = root / "tiny.yaml"
+    params.write_text(TINY + f"data_dir: {root / 'synthetic'}\n")
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
+        mp.setattr(pipeline, "RUNS_DIR", root / "runs")
+        mp.setattr(pipeline, "BUILD_DIR", root / "_build")
+        code = pipeline.main([str(params)])
+    return SimpleNamespace(root=root, params=params, code=code, log=printed.getvalue())
 
 
 def face(seed: int, size: int = 24, mode: str = "L") -> Image.Image:

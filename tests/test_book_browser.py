@@ -1,6 +1,6 @@
 """The built book in a real browser (Debian's Chromium, driven by Playwright).
 
-A tiny synthetic run is built into a temporary folder (as tests/test_pipeline.py does) and
+The tiny synthetic book (conftest's `tiny_book`, built once; tests/test_pipeline.py checks its build) is
 published with the function `make publish` uses. Then, served over HTTP and opened from disk
 (file://, the published copy), every page must load with no failed local request, no JavaScript
 or console error and no request to another host; every plotly figure must draw its data; images
@@ -18,8 +18,6 @@ import pytest
 import yaml
 
 from browser import PageWatch, chromium_or_skip, launch, serve_dir
-from conftest import TINY
-from fer_utils.book import pipeline
 from fer_utils.book.publish import TARBALL, check_offline, publish
 
 pytestmark = pytest.mark.slow
@@ -46,15 +44,11 @@ BROKEN_IMAGES_JS = """() => Array.from(document.images).filter(i => !i.complete 
 
 
 @pytest.fixture(scope="module")
-def book(tmp_path_factory):
+def book(request):
     chromium_or_skip()  # before the build: no browser, nothing to check
-    tmp = tmp_path_factory.mktemp("browser-book")
-    params = tmp / "tiny.yaml"
-    params.write_text(TINY + f"data_dir: {tmp / 'synthetic'}\n")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pipeline, "RUNS_DIR", tmp / "runs")
-        mp.setattr(pipeline, "BUILD_DIR", tmp / "_build")
-        assert pipeline.main([str(params)]) == 0
+    tiny_book = request.getfixturevalue("tiny_book")  # the build test_pipeline checks too
+    assert tiny_book.code == 0
+    tmp = tiny_book.root
     html = tmp / "_build" / "html"
     toc = yaml.safe_load((tmp / "_build" / "src" / "_toc.yml").read_text())
     out = tmp / "publish"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -25,12 +26,13 @@ def isolated(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_book_builds_then_cache_skips(isolated, tmp_path, capsys):
-    assert pipeline.main([str(isolated)]) == 0
-    out = capsys.readouterr().out
+def test_book_builds_then_cache_skips(tiny_book, tmp_path, monkeypatch, capsys):
+    root = tiny_book.root
+    assert tiny_book.code == 0
+    out = tiny_book.log
     assert re.search(r"01_data: done in [\d.]+ s", out)
     assert re.search(r"\n    epoch 2/2 +train loss", out)  # the training chapter's progress, live
-    html = tmp_path / "_build" / "html"
+    html = root / "_build" / "html"
     page = (html / "01_data.html").read_text()
     # plotly figures load plotly.js from one local copy in _static (sphinx_offline): no CDN, no inlined bundle.
     assert page.count('class="plotly-graph-div"') >= 3
@@ -38,7 +40,7 @@ def test_book_builds_then_cache_skips(isolated, tmp_path, capsys):
     bundle = re.search(r'<script src="(_static/plotly-[\w.-]+\.min\.js)"></script>', page)
     assert bundle and (html / bundle.group(1)).stat().st_size > 1_000_000 and "* plotly.js v" not in page
     index = (html / "index.html").read_text()
-    run = tmp_path / "runs" / "tiny"
+    run = root / "runs" / "tiny"
     prov = json.loads((run / "provenance.json").read_text())
     assert prov["data_fingerprint"] in index and prov["data_fingerprint"] in page  # front page and footer
     assert (run / "params.yaml").is_file() and prov["images"] == {"train": 120, "val": 32, "test": 32}
@@ -48,12 +50,20 @@ def test_book_builds_then_cache_skips(isolated, tmp_path, capsys):
     assert metrics["test"]["role"] == "report split" and 0 <= metrics["test"]["clean_accuracy"] <= 1
     calibrated = json.loads((run / "calibration.json").read_text())
     assert (calibrated["fit_split"], calibrated["report_split"], calibrated["report"]["n"]) == ("val", "test", 32)
-    assert "test (report split)" in (tmp_path / "_build" / "src" / "index.md").read_text()
+    assert "test (report split)" in (root / "_build" / "src" / "index.md").read_text()
     evaluation = (html / "03_evaluation.html").read_text()
     assert "Protocol, chosen on the selection split (val)" in evaluation and "clean label" in evaluation
     assert "selection: the dataset" in page and "What these synthetic data can and cannot support" in page
     assert "per true class" in (html / "04_errors.html").read_text()
 
+
+    # The rest adds runs and pages: on a copy, so the shared build stays as built.
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_book.root, root, symlinks=True)
+    html = root / "_build" / "html"
+    monkeypatch.setattr(pipeline, "RUNS_DIR", root / "runs")
+    monkeypatch.setattr(pipeline, "BUILD_DIR", root / "_build")
+    isolated = root / "tiny.yaml"
     assert pipeline.main([str(isolated)]) == 0
     out = capsys.readouterr().out
     assert "01_data: cached, skipped" in out and "executing" not in out
@@ -61,21 +71,21 @@ def test_book_builds_then_cache_skips(isolated, tmp_path, capsys):
     assert pipeline.main([str(isolated), "--dry-run", "-p", "epochs=3"]) == 0
     out = capsys.readouterr().out
     assert "01_data: would execute" in out and "runs/tiny-epochs=3" in out
-    assert not (tmp_path / "runs" / "tiny-epochs=3").exists()
+    assert not (root / "runs" / "tiny-epochs=3").exists()
 
     # A batch continues where it stopped: the finished run is skipped, the other executes,
     # each gets its own folder, and the book gains a comparison page.
-    second = tmp_path / "second.yaml"
+    second = root / "second.yaml"
     second.write_text(isolated.read_text())
     assert pipeline.main([str(isolated), str(second)]) == 0
     out = capsys.readouterr().out
     assert out.count("01_data: cached, skipped") == 1 and out.count("01_data: done in") == 1
-    assert (tmp_path / "runs" / "second" / "01_data.ipynb").is_file()
+    assert (root / "runs" / "second" / "01_data.ipynb").is_file()
     runs_page = (html / "runs.html").read_text()
     assert "tiny" in runs_page and "second" in runs_page
     # The recipe page is the committed ledgers', whatever the book's own run: steps tried on real faces.
     assert "Recipe: each step and what it paid" in (html / "recipe.html").read_text()
-    assert_no_machine_paths(html, tmp_path)
+    assert_no_machine_paths(html, root)
 
 
 def assert_no_machine_paths(html, tmp_path):

@@ -69,8 +69,8 @@ def test_data_dir_from_environment(monkeypatch):
     ("image_size:", "parameter 'image_size' has no value (null); give one (default: 48)"),
     ("1: 2", "unknown parameter '1' in {file}. Did you mean 'l1'?"),
     ("channels: true", "parameter 'channels' = True; allowed: 1, 3"),  # a choice matches by type too
-    ("cpu_bf16: 1", "parameter 'cpu_bf16' = 1; allowed: False, True, auto"),
-    ("cpu_bf16: sometimes", "parameter 'cpu_bf16' = 'sometimes'; allowed: False, True, auto"),
+    ("cpu_bf16: 1", "parameter 'cpu_bf16' = 1; allowed: false, true, auto"),
+    ("cpu_bf16: sometimes", "parameter 'cpu_bf16' = 'sometimes'; allowed: false, true, auto"),
     ("run_name: ../elsewhere", "parameter 'run_name' = '../elsewhere' must be a folder name (no / or \\, not . or "
                                "..): the run goes in runs/<run_name>/"),
 ])

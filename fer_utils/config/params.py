@@ -169,7 +169,8 @@ def _check_value(key: str, value):
         raise ParamsError(f"parameter '{key}' has no value (null); give one (default: {spec.default!r}{empty})")
     if isinstance(allowed, tuple):  # by type too: YAML's `true` is not the 1 of `channels`, nor 1 the true
         if not any(value == choice and type(value) is type(choice) for choice in allowed):
-            raise ParamsError(f"parameter '{key}' = {value!r}; allowed: {', '.join(map(str, allowed))}")
+            spelled = (str(c).lower() if isinstance(c, bool) else str(c) for c in allowed)  # as YAML writes them
+            raise ParamsError(f"parameter '{key}' = {value!r}; allowed: {', '.join(spelled)}")
         return value
     if allowed is float and not isinstance(value, bool):
         try:  # YAML 1.1 reads 1e-3 (no dot) as a string

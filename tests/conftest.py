@@ -1,4 +1,4 @@
-"""Small on-disk datasets in each supported format, written per test."""
+"""Small on-disk datasets in each supported format, written per test, and the tiny book (TINY), built once."""
 from __future__ import annotations
 
 import contextlib

@@ -6,6 +6,7 @@ import re
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from conftest import TINY
@@ -125,6 +126,32 @@ def test_interrupted_batch_continues_where_it_stopped(isolated, tmp_path, monkey
     assert executed == [("second", s) for s in stems[2:]]
     out = capsys.readouterr().out
     assert out.count("cached, skipped") == len(stems) + 2
+
+
+def test_chapters_re_execute_when_the_soft_targets_votes_change(folders_dataset, tmp_path, monkeypatch, capsys):
+    """soft_labels: the votes are in neither the params nor the data fingerprint, so the chapters' cache keys
+    on their digest too: votes that change no label still change every chapter's outputs."""
+    monkeypatch.setattr(pipeline, "RUNS_DIR", tmp_path / "runs")
+    executed = []
+
+    def fake_execute(notebook, run_dir):
+        (run_dir / f"{notebook.stem}.ipynb").write_text("{}")
+        executed.append(notebook.stem)
+
+    monkeypatch.setattr(pipeline, "execute", fake_execute)
+    faces = sorted(p.relative_to(folders_dataset).as_posix() for p in folders_dataset.rglob("*.png"))
+    votes = pd.DataFrame(dict(path=faces, neutral=7, happiness=3))
+    votes.to_csv(folders_dataset / "ferplus_votes.csv", index=False)
+    params = tmp_path / "soft.yaml"
+    params.write_text(f"dataset: folders\ndata_dir: {folders_dataset}\nsoft_labels: true\n")
+    assert pipeline.main([str(params), "--no-book"]) == 0
+    assert pipeline.main([str(params), "--no-book"]) == 0
+    assert len(executed) == len(pipeline.chapters())
+    votes.loc[0, "happiness"] = 2
+    votes.to_csv(folders_dataset / "ferplus_votes.csv", index=False)
+    assert pipeline.main([str(params), "--no-book"]) == 0
+    assert len(executed) == 2 * len(pipeline.chapters())
+    assert "soft targets' sources: digest" in capsys.readouterr().out
 
 
 @pytest.mark.slow

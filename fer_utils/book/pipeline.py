@@ -6,7 +6,8 @@ Each params file gets a run folder `runs/<run_name>/` holding the resolved
 params, provenance (data fingerprint, package versions, git commit, device)
 and the executed chapter notebooks. A notebook is re-executed only when its
 source, the resolved params, the data fingerprint (and the second dataset's,
-with `eval_dataset`) or fer_utils' own code changed (or with --force). The
+with `eval_dataset`), the soft targets' sources (votes, teachers' weights:
+`engine.targets.source_digest`) or fer_utils' own code changed (or with --force). The
 book is built from the first run into a staging folder and swapped into
 `_build/html` only when the build succeeded, so a failure never destroys the
 last good book.
@@ -30,6 +31,7 @@ import yaml
 from ..analysis import cross_dataset, evaluate, recipe
 from ..config import params as params_mod
 from ..data.datasets import DataError, open_dataset
+from ..engine.targets import source_digest
 from ..paths import BOOK_DIR, BUILD_DIR, NOTEBOOK_DIR, REPO_ROOT, RUNS_DIR, atomic_write, display_path, write_text
 from .notebook import shown_params
 
@@ -196,6 +198,10 @@ def run(params_file: Path, overrides: dict, force: bool = False, dry_run: bool =
     log(f"dataset ready: {len(ds.frame):,} images, {len(ds.classes)} classes, fingerprint {ds.fingerprint} "
         f"({time.perf_counter() - started:.1f} s)")
     data_key = ds.fingerprint
+    targets = source_digest(params, ds, run_dir)
+    if targets:  # soft targets: other votes or teachers' weights re-execute the chapters too
+        data_key += f"+targets:{targets}"
+        log(f"soft targets' sources: digest {targets}")
     if params["eval_dataset"]:  # the evaluation chapter scores a second dataset: new data there re-execute it too
         second = cross_dataset.open_eval_dataset(params)
         data_key += f"+{second.fingerprint}"

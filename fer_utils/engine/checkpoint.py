@@ -1,9 +1,10 @@
 """Checkpoints: plain dicts of tensors and plain data, loadable with `torch.load(path, weights_only=True)`.
 
-A checkpoint records the model config, the resolved params, the classes and the
-data fingerprint it was trained with, so a finished run for the same training
-params and data is reused instead of retrained, and a checkpoint is never
-silently loaded into a model, class list or dataset it was not made for.
+A checkpoint records the model config, the resolved params, the classes, the
+data fingerprint and what its soft targets were made from (a digest), so a
+finished run for the same training params, data and targets is reused instead
+of retrained, and a checkpoint is never silently loaded into a model, class
+list or dataset it was not made for.
 Checkpoints are written atomically.
 """
 from __future__ import annotations
@@ -130,8 +131,11 @@ def load_model(path: str | Path, device="cpu") -> tuple[nn.Module, dict]:
     return model.to(device).eval(), ckpt
 
 
-def match_checkpoint(path: Path, params: dict, classes: list, fingerprint: str) -> tuple[dict | None, str]:
-    """(checkpoint, "") when `path` was made with these training params, classes and data; else (None, why).
+def match_checkpoint(path: Path, params: dict, classes: list, fingerprint: str,
+                     targets: str = "") -> tuple[dict | None, str]:
+    """(checkpoint, "") when `path` was made with these training params, classes, data and targets (the
+    digest of their sources, `targets.source_digest`: "" for the labels; a checkpoint from before it was
+    recorded counts as trained on the labels); else (None, why).
 
     A file at `path` that is damaged or not this project's raises CheckpointError instead, saying how to
     start over: training over it unasked would also replace the run's best.pt, maybe its only good model."""
@@ -151,6 +155,12 @@ def match_checkpoint(path: Path, params: dict, classes: list, fingerprint: str) 
         return None, f"{path} was trained with other params ({'; '.join(changed)})"
     if ckpt["fingerprint"] != fingerprint:
         return None, f"{path} was trained on other data (fingerprint {ckpt['fingerprint']}, now {fingerprint})"
+    recorded = ckpt.get("targets")
+    if recorded is None and targets:
+        return None, f"{path} does not record what its soft targets were made from (it predates that record)"
+    if (recorded or "") != targets:
+        return None, (f"{path} was trained on other targets (digest of their sources {recorded or 'none: the labels'}"
+                      f", now {targets or 'none: the labels'}): the vote shares or the teachers' weights changed")
     if list(ckpt["classes"]) != list(classes):
         return None, f"{path} was trained on classes {ckpt['classes']}, now {list(classes)}"
     shortcut = ckpt["model_config"].get("shortcut", LEGACY_SHORTCUT)

@@ -12,7 +12,12 @@ Two sources, both mixed with the face's own label (one-hot) by a share param:
   the mean. The targets are fixed before the first epoch (offline distillation): one pass of each teacher
   over the training faces rather than one per augmented batch, which on a CPU would cost more than the
   student. Which teachers (their sha256) and under which protocol are written to the run folder
-  (TEACHERS_FILE); a run is reused or resumed only while its teachers are those files (`teachers_changed`).
+  (TEACHERS_FILE).
+
+Neither source is in the params' values or the data fingerprint: the params name the teachers by path and
+the votes not at all, and a path can hold other weights, or a vote file other votes, since. `source_digest`
+is what a run's targets were made from; its checkpoint records it, and a run is reused or resumed (and the
+book's chapters served from cache) only while it is the same.
 """
 from __future__ import annotations
 
@@ -81,19 +86,19 @@ def digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def teachers_changed(params: dict, run_dir: Path) -> str:
-    """"" when `run_dir`'s TEACHERS_FILE records the teachers `params` names, file for file and byte for
-    byte; else why not. A finished or interrupted run is reused or resumed only then: its params name the
-    teachers by path, and a path can hold another run's weights since."""
-    recorded_file = Path(run_dir) / TEACHERS_FILE
-    if not recorded_file.is_file():
-        return f"{recorded_file} is missing"
-    try:
-        recorded = [(r["path"], r["sha256"]) for r in json.loads(recorded_file.read_text())]
-    except (ValueError, KeyError, TypeError):
-        return f"{recorded_file} is damaged"
-    current = [(str(p), digest(p)) for p in teacher_checkpoints(params["teachers"], run_dir)]
-    return "" if recorded == current else f"its teachers' weights are not those {recorded_file} records"
+def source_digest(params: dict, data: Dataset, run_dir: Path) -> str:
+    """What this run's targets are made from, as a sha256 prefix; "" when the loss compares with the labels.
+
+    soft_labels: every face's vote shares (`datasets.vote_shares`, whichever file or columns they come from);
+    teachers: each teacher's checkpoint file, in the order the param names them. Hashing files and a vote
+    table is cheap next to what it guards: a student trained on targets that are no longer there."""
+    if params["soft_labels"]:
+        content = vote_shares(data).sort_index().to_csv().encode()
+    elif params["teachers"]:
+        content = "\n".join(digest(p) for p in teacher_checkpoints(params["teachers"], run_dir)).encode()
+    else:
+        return ""
+    return hashlib.sha256(content).hexdigest()[:16]
 
 
 def check_teacher(path: Path, ckpt: dict, data: Dataset, image_size: int, channels: int) -> None:

@@ -50,7 +50,7 @@ from .runtime import rank_and_world, resolve_cpu_bf16
 from .runtime import seed as mix_seed
 from .sampling import (AUGMENT, GLOBAL, BatchLoader, batch_indices, class_weights, epoch_order,
                        iterate_batches, shard)
-from .targets import teacher_targets, teachers_changed, vote_targets
+from .targets import source_digest, teacher_targets, vote_targets
 from .transforms import prepare_batch
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy",
@@ -227,6 +227,7 @@ class Run:
     world: int
     started: float
     checkpoint: dict | None = None  # the last.pt being resumed
+    targets: str = ""  # what the soft targets are made from (targets.source_digest); "" for the labels
     # {column: one value per epoch}: HISTORY_COLUMNS, then VA_HISTORY_COLUMNS with a valence/arousal head
     history: dict = field(default_factory=lambda: {k: [] for k in HISTORY_COLUMNS})
     start_epoch: int = 0
@@ -304,11 +305,9 @@ def prepare_run(params: dict, data: Dataset | None, run_dir, resume: bool) -> Ru
               world_size, time.perf_counter())
     if resume and params["retrain"]:
         raise ParamsError("--resume and retrain=true contradict each other: choose one")
+    run.targets = source_digest(params, data, run.run_dir)
     ckpt, why = ((None, "retrain=true") if params["retrain"]
-                 else match_checkpoint(run.last_path, params, list(data.classes), data.fingerprint))
-    if ckpt is not None and params["teachers"]:
-        why = teachers_changed(params, run.run_dir)
-        ckpt = None if why else ckpt
+                 else match_checkpoint(run.last_path, params, list(data.classes), data.fingerprint, run.targets))
     if resume and ckpt is None:
         raise CheckpointError(f"cannot resume: {why}")
     if ckpt is None and run.last_path.exists():
@@ -471,8 +470,8 @@ def save_epoch(run: Run, opt: Optimization, epoch: int, improved: bool, finished
                  optimizer=opt.optimizer.state_dict(), scheduler=opt.scheduler.state_dict(),
                  scaler=opt.scaler.state_dict() if opt.scaler.is_enabled() else None, epoch=epoch,
                  params=run.params, classes=list(run.data.classes), fingerprint=run.data.fingerprint,
-                 best_metric=run.best_metric, best_epoch=run.best_epoch, history=run.history, finished=finished,
-                 rng=rng_state())
+                 targets=run.targets, best_metric=run.best_metric, best_epoch=run.best_epoch, history=run.history,
+                 finished=finished, rng=rng_state())
     if opt.ema is not None:
         state.update(train_model=unwrap_model(opt.model).state_dict(), ema_steps=int(opt.ema.n_averaged))
     if improved:

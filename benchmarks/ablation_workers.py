@@ -26,6 +26,7 @@ from fer_utils.config.ladder import variant_names, variant_params, variant_seeds
 from fer_utils.config.params import parse_override, resolve
 from fer_utils.data.datasets import open_dataset
 from fer_utils.data.images import load_split
+from fer_utils.machine import usable_cores
 from fer_utils.paths import PARAMS_DIR
 
 
@@ -33,7 +34,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("params", nargs="?", default=PARAMS_DIR / "default.yaml")
     parser.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--workers", type=int, default=usable_cores())
     args = parser.parse_args()
     params = resolve(args.params, dict(parse_override(p) for p in args.param))
     ds = open_dataset(params)

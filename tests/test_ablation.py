@@ -21,6 +21,7 @@ from fer_utils.config import params as params_mod
 from fer_utils.data.datasets import open_dataset
 from fer_utils.data.images import load_split
 from fer_utils.engine.checkpoint import load_model
+from fer_utils.engine.models import count_flops
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,6 +75,24 @@ def test_variant_params_keep_the_run_and_change_one_step(tiny):
     assert ladder.variant_params(params, "baseline", seed=7)["seed"] == 7
     assert ladder.changes_between("baseline", "augmented") == [ladder.VARIANTS[n].change
                                                                for n in ("regularized", "augmented")]
+
+
+def test_workers_get_the_costliest_rungs_first_and_equal_ones_in_ladder_order():
+    """The default ladder's U-Net costs the most (and trained last, alone, before this order); a rung with
+    twice the epochs is twice the work."""
+    params = params_mod.resolve(REPO / "params/default.yaml")
+    jobs = [ablation.Job(n, s, ladder.variant_params(params, n, s), Path("unused"))
+            for n in ladder.variant_names(params) for s in ladder.variant_seeds(params)]
+    assert [jobs[i].variant for i in ablation.costliest_first(jobs, 8)] == [
+        "unet", "baseline", "regularized", "augmented", "resnet"]
+    longer = jobs[-1]._replace(params={**jobs[-1].params, "epochs": 3 * params["ablation_epochs"]})
+    assert ablation.costliest_first(jobs[:-1] + [longer], 8)[0] == len(jobs) - 1
+
+
+def test_count_flops_counts_a_convolutions_multiply_adds():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1, bias=False))
+    model.config = dict(in_channels=1, image_size=10)
+    assert count_flops(model) == 2 * 4 * 9 * 10 * 10  # 2 per multiply-add: 4 filters of 9 taps at 100 pixels
 
 
 def test_paired_bootstrap_on_a_constructed_example():

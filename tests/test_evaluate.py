@@ -83,6 +83,34 @@ def test_bootstrap_ci_contains_the_point_estimate():
         assert low <= s[key] <= high and high - low > 0
 
 
+def test_each_bootstrap_resample_is_scored_as_scikit_learn_scores_it():
+    """The CIs come from each resample's confusion matrix (microseconds, not scikit-learn's 20 ms a call);
+    the same draws scored by scikit-learn give the same bounds, with a class absent and one predicted but
+    absent, and so does decide_tta's paired CI."""
+    y, probs = fake_predictions(n=150, seed=4, absent=(7,))
+    pred = probs.argmax(1)
+    pred[:2] = 7
+    draws = np.random.default_rng(5)
+    by_sklearn, flip_gain = [], []
+    other = np.where(np.arange(150) % 3 == 0, y, pred)
+    for _ in range(40):
+        i = draws.integers(0, 150, 150)
+        by_sklearn.append(metrics.scores(y[i], pred[i]))
+        flip_gain.append(metrics.scores(y[i], other[i])[2] - metrics.scores(y[i], pred[i])[2])
+    expected = np.quantile(by_sklearn, [0.025, 0.975], axis=0)
+    got = evaluate.bootstrap_ci(y, pred, n_boot=40, seed=5)
+    for j, key in enumerate(("accuracy", "balanced_accuracy", "macro_f1")):
+        assert got[key] == pytest.approx(tuple(expected[:, j]), abs=1e-12)
+    frame = lambda p: pd.DataFrame(dict(true=y, predicted=p))  # noqa: E731
+    decided = evaluate.decide_tta(frame(pred), frame(other), None, n_boot=40, seed=5)
+    assert decided["difference_ci"] == pytest.approx(list(np.quantile(flip_gain, [0.025, 0.975])), abs=1e-12)
+    weights = np.random.default_rng(6).integers(0, 4, 150)
+    cm = np.zeros((8, 8))
+    np.add.at(cm, (y, pred), weights)
+    expand = np.repeat(np.arange(150), weights)
+    assert metrics.scores_from_confusion(cm) == pytest.approx(metrics.scores(y[expand], pred[expand]), abs=1e-12)
+
+
 def test_a_class_absent_from_the_split_is_stated_not_nan():
     y, probs = fake_predictions(absent=(7,), seed=2)  # no contempt in the split
     pred = probs.argmax(1)

@@ -1,7 +1,7 @@
 """The package's architecture, read from the source with `ast`: the layers, no cycles, no private reaches.
 
 Layers, each importing only from itself or those before it:
-    base (paths, metrics, config) < data < engine < analysis < app < book < cli
+    base (paths, machine, metrics, config) < data < engine < analysis < app < book < cli
 A module never uses another module's `_private` name, module-level imports never form a cycle, a
 fer_utils module is never imported inside a function (a late import hides a dependency, or a cycle,
 instead of removing it), and validating params never loads torch. Every failure lists each offending
@@ -24,8 +24,8 @@ REPO = SOURCE.parent
 
 # first name under fer_utils -> layer; "" is the package itself (its version, and a facade that
 # imports app.predict on first use by name: a deliberate dynamic import, like cli's, that ast does not see)
-LAYERS = {"": 0, "paths": 0, "metrics": 0, "config": 0, "data": 1, "engine": 2, "analysis": 3, "app": 4, "book": 5,
-          "cli": 6, "__main__": 6}
+LAYERS = {"": 0, "paths": 0, "machine": 0, "metrics": 0, "config": 0, "data": 1, "engine": 2, "analysis": 3,
+          "app": 4, "book": 5, "cli": 6, "__main__": 6}
 LAYER_NAMES = ["base", "data", "engine", "analysis", "app", "book", "cli"]
 
 

@@ -133,6 +133,15 @@ def test_dataset_bytes_are_pinned(tmp_path):
     assert hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest() == GOLDEN_DATASET_SHA256
 
 
+def test_worker_processes_write_the_same_bytes(tmp_path, monkeypatch):
+    """Large data are drawn by one spawned process per core; forced here on a small set (two workers even on
+    one core), the pinned bytes come out."""
+    monkeypatch.setattr(synthetic, "FACES_PER_WORKER", 10)
+    monkeypatch.setattr(synthetic, "usable_cores", lambda: 2)
+    digests = _digests(generate(tmp_path / "g", n_train=40, n_val=16, n_test=8, size=48, seed=3))
+    assert hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest() == GOLDEN_DATASET_SHA256
+
+
 def _valence_arousal(label: int, intensity: float, n: int) -> np.ndarray:
     rng = np.random.Generator(np.random.PCG64([label, int(intensity * 100)]))
     return np.array([[render_face(label, rng, 32, intensity=intensity)[1][k] for k in ("valence", "arousal")]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import multiprocessing
-import os
 import signal
 import sys
 import traceback
@@ -28,8 +27,10 @@ from ..data import images
 from ..data.datasets import Dataset
 from ..engine import train
 from ..engine.checkpoint import load_model
+from ..engine.models import count_flops, create_model
 from ..engine.inference import predict
 from ..engine.runtime import TrainingError, log, select_device
+from ..machine import usable_cores
 from ..metrics import scores
 from . import evaluate
 
@@ -116,9 +117,26 @@ def _answer(process, conn) -> tuple | None:
     return None if alive else ("died", None)
 
 
+def costliest_first(jobs: list[Job], num_classes: int) -> list[int]:
+    """The jobs' indices in the order the workers get them: the most floating-point work first (the model's
+    forward FLOPs per face, `models.count_flops`, times its epochs; ties keep the ladder's order).
+
+    Handed out in the ladder's order, the costliest rung (the U-Net) started last, on one worker, while the
+    other had nothing left to do. Handed out largest first, the last jobs to start are the short ones, so
+    the workers finish close together; the order changes no job's result (each trains alone on its thread)."""
+    def cost(job: Job) -> int:
+        p = job.params
+        model = create_model(p["model"], num_classes, p["channels"], p["image_size"], p["width"], p["dropout"],
+                             p["dropblock"], valence_arousal=p["va_weight"] > 0)
+        return count_flops(model) * p["epochs"]
+
+    costs = [cost(job) for job in jobs]
+    return sorted(range(len(jobs)), key=lambda i: -costs[i])
+
+
 def _fit_in_workers(jobs: list[Job], ds: Dataset, workers: int) -> list[dict | TrainingError]:
     """fit_jobs with workers > 0: start the workers (each pays torch's import once, not once per job), hand
-    each idle one the next job, and collect their answers."""
+    each idle one the next job (`costliest_first`), and collect their answers."""
     for size, channels in {(job.params["image_size"], job.params["channels"]) for job in jobs}:
         for split in ("train", "val"):  # built here, once: the workers only read the cache
             images.load_split(ds, split, size, channels)
@@ -126,7 +144,7 @@ def _fit_in_workers(jobs: list[Job], ds: Dataset, workers: int) -> list[dict | T
     log(f"training {len(jobs)} ablation runs side by side in {workers} processes of one thread each")
     context = multiprocessing.get_context("spawn")
     outcomes: list = [None] * len(jobs)
-    queued, idle, busy = list(range(len(jobs))), [], {}  # busy: (process, connection) -> its job's index
+    queued, idle, busy = costliest_first(jobs, len(ds.classes)), [], {}  # busy: (process, connection) -> its job
     try:
         for _ in range(workers):
             conn, child = context.Pipe()
@@ -188,7 +206,7 @@ def _workers(device: torch.device) -> int:
     """fit_jobs' workers on `device`: none on CUDA or MPS; on the CPU one per core this process may use."""
     if device.type != "cpu":
         return 0
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return usable_cores()
 
 
 def run(params: dict, ds: Dataset, run_dir: str | Path) -> list[dict]:

@@ -40,7 +40,7 @@ from ..data.images import load_split, open_image, to_array
 from ..engine.checkpoint import CheckpointError, load_model
 from ..engine.inference import predict
 from ..engine.train import has_valence_arousal
-from ..metrics import VA_NAMES, VA_SCORES, scores, valence_arousal_scores
+from ..metrics import VA_NAMES, VA_SCORES, scores, scores_from_confusion, valence_arousal_scores
 from ..paths import REPO_ROOT, atomic_write, write_text
 
 BALANCED_RATIO = 1.1  # a split is "balanced" when its largest class is at most 10% above its smallest
@@ -112,30 +112,42 @@ def _as_ids(labels_, classes) -> np.ndarray:
 
 # -- summaries ----------------------------------------------------------------
 
-def bootstrap_ci(y_true, y_pred, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
-    """Percentile bootstrap CIs (resampling images with replacement, `n_boot` times) for accuracy, balanced
-    accuracy and macro-F1: {metric: (low, high)}, each resample scored by scikit-learn as in `split_summary`."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+def _confusion_cells(y_true, *predictions) -> tuple[int, list[np.ndarray]]:
+    """(k, each prediction's confusion-matrix cells): the k labels that y_true or any prediction uses, and for
+    each prediction ((n,) or (seeds, n), of the images of y_true) the cell true * k + predicted of every
+    image, so that np.bincount(cells, weights, k * k) counts a resample's confusion matrix."""
+    y_true = np.asarray(y_true)
+    predictions = [np.asarray(p) for p in predictions]
+    if any(p.shape[-1] != y_true.size for p in predictions):
+        raise ValueError(f"predictions of shapes {[p.shape for p in predictions]} do not match {y_true.size} labels")
+    labels, codes = np.unique(np.concatenate([y_true.ravel(), *(p.ravel() for p in predictions)]),
+                              return_inverse=True)
+    k, n = len(labels), y_true.size
+    parts = np.split(codes[n:], np.cumsum([p.size for p in predictions])[:-1])
+    return k, [codes[:n] * k + c.reshape(p.shape) for c, p in zip(parts, predictions)]
+
+
+def _draws(n: int, n_boot: int, seed: int):
+    """The bootstrap's resamples of n images, as how often each image is drawn (n_boot draws with replacement,
+    seeded: `bootstrap_ci` and `paired_bootstrap` draw the same images for the same seed)."""
     if n_boot < 2:
         raise ValueError(f"bootstrap needs at least 2 resamples, got {n_boot}")
     rng = np.random.default_rng(seed)
-    n = len(y_true)
-    values = np.empty((n_boot, 3))
-    for b in range(n_boot):
-        idx = rng.integers(0, n, n)
-        values[b] = scores(y_true[idx], y_pred[idx])
+    for _ in range(n_boot):
+        yield np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
+
+
+def bootstrap_ci(y_true, y_pred, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Percentile bootstrap CIs (resampling images with replacement, `n_boot` times) for accuracy, balanced
+    accuracy and macro-F1: {metric: (low, high)}, each resample scored as `metrics.scores` scores a split
+    (`metrics.scores_from_confusion`, from the resample's confusion matrix)."""
+    k, (cells,) = _confusion_cells(y_true, y_pred)
+    values = np.array([scores_from_confusion(np.bincount(cells, weights, k * k).reshape(k, k))
+                       for weights in _draws(cells.size, n_boot, seed)])
     alpha = (1 - level) / 2
     low, high = np.quantile(values, [alpha, 1 - alpha], axis=0)
     return {name: (float(lo), float(hi)) for name, lo, hi in
             zip(("accuracy", "balanced_accuracy", "macro_f1"), low, high)}
-
-
-def _macro_f1_from_counts(cm: np.ndarray) -> float:
-    """Macro-F1 of a confusion matrix (rows true, columns predicted) over the classes true or predicted,
-    as `metrics.scores` defines it: F1 = 2 TP / (true + predicted) per class."""
-    tp, true, predicted = np.diag(cm), cm.sum(1), cm.sum(0)
-    seen = (true + predicted) > 0
-    return float((2 * tp[seen] / (true[seen] + predicted[seen])).mean())
 
 
 def paired_bootstrap(y_true, pred_a, pred_b, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
@@ -148,26 +160,15 @@ def paired_bootstrap(y_true, pred_a, pred_b, n_boot: int = 1000, seed: int = 0, 
     macro-F1 on the draw. Returns difference (on all images), low, high, n_boot, level, and verdict:
     "better" or "worse" when the CI excludes 0, else "noise".
     """
-    if n_boot < 2:
-        raise ValueError(f"bootstrap needs at least 2 resamples, got {n_boot}")
-    y_true = np.asarray(y_true)
-    sides = [np.atleast_2d(np.asarray(p)) for p in (pred_a, pred_b)]
-    if any(p.shape[1] != y_true.size for p in sides):
-        raise ValueError(f"predictions of shapes {[p.shape for p in sides]} do not match {y_true.size} labels")
-    labels, codes = np.unique(np.concatenate([y_true.ravel(), *(p.ravel() for p in sides)]), return_inverse=True)
-    k, n = len(labels), y_true.size
-    true_codes, rest = codes[:n], codes[n:]
-    cells = [true_codes * k + c.reshape(p.shape) for c, p in
-             zip(np.split(rest, [sides[0].size]), sides)]  # (seeds, n) confusion-cell index per prediction
+    k, cells = _confusion_cells(y_true, *(np.atleast_2d(np.asarray(p)) for p in (pred_a, pred_b)))
 
     def difference(weights: np.ndarray) -> float:
-        a, b = ([_macro_f1_from_counts(np.bincount(row, weights, k * k).reshape(k, k)) for row in c]
+        a, b = ([scores_from_confusion(np.bincount(row, weights, k * k).reshape(k, k))[2] for row in c]
                 for c in cells)
         return float(np.mean(b) - np.mean(a))
 
-    rng = np.random.default_rng(seed)
-    values = np.array([difference(np.bincount(rng.integers(0, n, n), minlength=n).astype(float))
-                       for _ in range(n_boot)])
+    n = np.asarray(y_true).size
+    values = np.array([difference(weights) for weights in _draws(n, n_boot, seed)])
     alpha = (1 - level) / 2
     low, high = (float(v) for v in np.quantile(values, [alpha, 1 - alpha]))
     verdict = "better" if low > 0 else "worse" if high < 0 else "noise"
@@ -447,14 +448,10 @@ def decide_tta(plain: pd.DataFrame, flipped: pd.DataFrame, forced: bool | None, 
     if not np.array_equal(true, flipped["true"].to_numpy()):
         raise ValueError("the plain and flipped predictions are not of the same images in the same order")
     f1_plain, f1_flip = scores(true, a)[2], scores(true, b)[2]
-    rng = np.random.default_rng(seed)
-    diffs = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(true), len(true))
-        diffs.append(scores(true[idx], b[idx])[2] - scores(true[idx], a[idx])[2])
+    gain = paired_bootstrap(true, a, b, n_boot, seed)
     used = f1_flip > f1_plain if forced is None else bool(forced)
     return dict(split="val", val_macro_f1_plain=f1_plain, val_macro_f1_flip=f1_flip,
-                difference_ci=[float(q) for q in np.quantile(diffs, [0.025, 0.975])], used=bool(used),
+                difference_ci=[gain["low"], gain["high"]], used=bool(used),
                 decided_by="val macro-F1" if forced is None else f"forced by tta_flip={str(forced).lower()}")
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.flop_counter import FlopCounterMode
 from torchvision.ops import DropBlock2d
 
 from ..config.registry import MODELS
@@ -426,3 +427,17 @@ def build_resnet18(num_classes, in_channels, dropout, pretrained, require_weight
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def count_flops(model: nn.Module) -> int:
+    """Floating-point operations of one forward pass over one face of the model's input size (torch's
+    FlopCounterMode: convolutions and matrix products, which dominate these models' cost)."""
+    cfg = model.config
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, cfg["in_channels"], cfg["image_size"], cfg["image_size"]))
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())

@@ -10,8 +10,11 @@ a new one.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Callable
+
+import numpy as np
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 WEIGHTS_DIR = PACKAGE_DIR / "weights"  # the bundled models, shipped inside the package (and the wheel)
@@ -79,3 +82,19 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
 def write_text(path: str | Path, text: str) -> Path:
     """Atomically write a text file (UTF-8)."""
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def save_arrays(path: str | Path, **arrays) -> Path:
+    """Atomically write numpy arrays as a compressed .npz (loadable with allow_pickle=False), through a
+    temporary file of this process's own: processes that write one cache at once (torchrun's ranks) never
+    write into one another's file, and the last rename wins with a whole file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as f:
+        try:
+            np.savez_compressed(f, **arrays)
+        except BaseException:
+            os.unlink(f.name)
+            raise
+    os.replace(f.name, path)
+    return path

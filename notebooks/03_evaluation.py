@@ -21,9 +21,11 @@
 # both, and of the original report split with its duplicates of training
 # images put back when there are any. Each answer is saved with the model's
 # probability for every class (`predictions_<split>.csv` in the run folder),
-# and every number on this page is computed from those files with
-# scikit-learn. The headline numbers also go to `metrics.json`, which the
-# book's front page shows.
+# and every number on this page is computed from those files: the scores
+# with scikit-learn, their bootstrap intervals from each resample's confusion
+# matrix by the same definitions (`metrics.scores_from_confusion`, tested
+# equal to scikit-learn's). The headline numbers also go to `metrics.json`,
+# which the book's front page shows.
 
 # %% tags=["parameters", "remove-cell"]
 params_file = None  # None: params/default.yaml

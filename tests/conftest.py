@@ -115,12 +115,14 @@ def affectnet_csv(tmp_path):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def pixel_hash_cache(tmp_path_factory):
-    """Pixel hashes (fer_utils.data.splits) go to one folder per test session, not the repository's .cache/:
-    each test's data folder would leave a table there; the real data's are decoded once per session."""
-    from fer_utils.data import splits
+def data_caches(tmp_path_factory):
+    """Pixel hashes (fer_utils.data.splits) and AffectNet-mini manifests (datasets) go to folders of this
+    test session, not the repository's .cache/: each test's data folder would leave a table there; the real
+    data's are decoded once per session."""
+    from fer_utils.data import datasets, splits
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(splits, "HASH_CACHE_DIR", tmp_path_factory.mktemp("pixel-hashes"))
+        mp.setattr(datasets, "MANIFEST_CACHE_DIR", tmp_path_factory.mktemp("manifests"))
         yield
 
 

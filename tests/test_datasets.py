@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from conftest import FER_DATA_DIR, face
-from fer_utils.data import labels, splits
+from fer_utils.data import datasets, labels, splits
 from fer_utils.data.datasets import (DataError, fingerprint, landmarks, manifest_bytes, open_dataset,
                                 read_affectnet_csv, read_affectnet_mini, read_fer2013_csv, read_ferplus, read_folders)
 from fer_utils.data.explore import class_counts, majority_baseline
@@ -82,6 +82,34 @@ def test_affectnet_mini_drops_non_emotions_and_unknown_ids(affectnet_mini):
     row = ds.frame.iloc[0]
     assert row["valence"] == 0.25 and row["arousal"] == -0.5
     assert landmarks(ds, [row["location"]])[0].shape == (68, 2)
+
+
+def test_affectnet_mini_annotations_are_read_once_until_a_file_changes(affectnet_mini, monkeypatch):
+    """Each chapter opens the data again: the annotations' values come from .cache/manifests/ while every file
+    of the split folders keeps its name, size and modification time; a changed, added or removed file, or an
+    unreadable cache, reads them all again. Served from the cache, the manifest is the same, skips included."""
+    first = read_affectnet_mini(affectnet_mini)
+
+    def not_read(path):
+        raise AssertionError(f"{path} was read")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(datasets, "_npy_scalar", not_read)
+        again = read_affectnet_mini(affectnet_mini)
+        pd.testing.assert_frame_equal(again.frame, first.frame)
+        pd.testing.assert_frame_equal(again.skipped, first.skipped)
+        assert manifest_bytes(again.frame) == manifest_bytes(first.frame)  # labels shared, as the reader's are
+        np.save(affectnet_mini / "val_set" / "annotations" / "0_exp.npy", np.array("1"))  # neutral -> happy
+        with pytest.raises(AssertionError, match="was read"):
+            read_affectnet_mini(affectnet_mini)
+    changed = read_affectnet_mini(affectnet_mini).frame.set_index("location")
+    assert changed.loc["val_set/images/0.jpg", "emotion"] == "happy"
+    (affectnet_mini / "val_set" / "annotations" / "1_aro.npy").unlink()  # gone: that face has no arousal
+    latest = read_affectnet_mini(affectnet_mini).frame
+    assert np.isnan(latest.set_index("location").loc["val_set/images/1.jpg", "arousal"])
+    for cache in datasets.MANIFEST_CACHE_DIR.glob("*.npz"):
+        cache.write_bytes(b"not an npz")
+    pd.testing.assert_frame_equal(read_affectnet_mini(affectnet_mini).frame, latest)
 
 
 def test_affectnet_csv_crops_to_face_box(affectnet_csv):

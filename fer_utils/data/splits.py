@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,7 +40,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..paths import CACHE_DIR
+from ..paths import CACHE_DIR, save_arrays
 
 if TYPE_CHECKING:
     from .datasets import Dataset
@@ -138,23 +137,10 @@ def pixel_hashes(ds: Dataset, workers: int | None = None) -> pd.Series:
             known.update(zip(missing, pool.map(lambda key: _file_pixel_hash(ds.path(key[0])), missing)))
         listed = set(locations)  # a changed file's old hash goes; files of other subsets stay
         keys = [k for k in known if k[0] not in listed or k in current]
-        _save(cache, location=np.array([k[0] for k in keys], dtype=str),
+        save_arrays(cache, location=np.array([k[0] for k in keys], dtype=str),
               stamp=np.array([k[1] for k in keys], dtype=str), hash=np.array([known[k] for k in keys], dtype=str))
     by_location = {loc: known[(loc, stamp)] for loc, stamp in zip(locations, stamps)}
     return ds.frame["location"].map(by_location).astype(str)
-
-
-def _save(path: Path, **arrays: np.ndarray) -> None:
-    """Write the arrays to `path` atomically through a temporary file of this process's own, so processes
-    that hash the same folder at once (torchrun ranks) never write into one another's file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as f:
-        try:
-            np.savez_compressed(f, **arrays)
-        except BaseException:
-            os.unlink(f.name)
-            raise
-    os.replace(f.name, path)
 
 
 def _file_pixel_hash(path) -> str:

@@ -144,7 +144,8 @@ def _fit_in_workers(jobs: list[Job], ds: Dataset, workers: int) -> list[dict | T
     log(f"training {len(jobs)} ablation runs side by side in {workers} processes of one thread each")
     context = multiprocessing.get_context("spawn")
     outcomes: list = [None] * len(jobs)
-    queued, idle, busy = costliest_first(jobs, len(ds.classes)), [], {}  # busy: (process, connection) -> its job
+    queued, idle = costliest_first(jobs, len(ds.classes)), []
+    busy = {}  # (process, connection) -> its job's index
     try:
         for _ in range(workers):
             conn, child = context.Pipe()

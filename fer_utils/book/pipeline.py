@@ -7,10 +7,10 @@ params, provenance (data fingerprint, package versions, git commit, device)
 and the executed chapter notebooks. A notebook is re-executed only when its
 source, the resolved params, the data fingerprint (and the second dataset's,
 with `eval_dataset`), the soft targets' sources (votes, teachers' weights:
-`engine.targets.source_digest`) or fer_utils' own code changed (or with --force). The
-book is built from the first run into a staging folder and swapped into
-`_build/html` only when the build succeeded, so a failure never destroys the
-last good book.
+`engine.targets.source_digest`) or fer_utils' own code changed (or with
+--force). The book is built from the first run into a staging folder and
+swapped into `_build/html` only when the build succeeded, so a failure never
+destroys the last good book.
 """
 from __future__ import annotations
 

@@ -138,7 +138,7 @@ def pixel_hashes(ds: Dataset, workers: int | None = None) -> pd.Series:
         listed = set(locations)  # a changed file's old hash goes; files of other subsets stay
         keys = [k for k in known if k[0] not in listed or k in current]
         save_arrays(cache, location=np.array([k[0] for k in keys], dtype=str),
-              stamp=np.array([k[1] for k in keys], dtype=str), hash=np.array([known[k] for k in keys], dtype=str))
+                    stamp=np.array([k[1] for k in keys], dtype=str), hash=np.array([known[k] for k in keys], dtype=str))
     by_location = {loc: known[(loc, stamp)] for loc, stamp in zip(locations, stamps)}
     return ds.frame["location"].map(by_location).astype(str)
 

@@ -799,7 +799,7 @@ def _write_faces(tasks: list[tuple]) -> None:
 
 def _draw(tasks: list[tuple]) -> None:
     """Write every face: in this process, or with FACES_PER_WORKER faces or more per core, in one spawned
-    process per core (the default data's 5,600 faces: about 50 s alone, half that on 2 cores; a worker's
+    process per core (the default data's 5,600 faces: 40 s in one process, 23 s on 2 cores; a worker's
     start, about 0.5 s for numpy and OpenCV, would not pay for a test's few hundred faces). Spawned, not
     forked: the caller may already run torch's threads. The first error stops the rest and is raised here."""
     workers = min(usable_cores(), len(tasks) // FACES_PER_WORKER)

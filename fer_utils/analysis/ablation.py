@@ -134,9 +134,9 @@ def costliest_first(jobs: list[Job], num_classes: int) -> list[int]:
     return sorted(range(len(jobs)), key=lambda i: -costs[i])
 
 
-def _fit_in_workers(jobs: list[Job], ds: Dataset, workers: int) -> list[dict | TrainingError]:
+def _fit_in_workers(jobs: list[Job], ds: Dataset, workers: int, order: list[int]) -> list[dict | TrainingError]:
     """fit_jobs with workers > 0: start the workers (each pays torch's import once, not once per job), hand
-    each idle one the next job (`costliest_first`), and collect their answers."""
+    each idle one the next job in `order`, and collect their answers."""
     for size, channels in {(job.params["image_size"], job.params["channels"]) for job in jobs}:
         for split in ("train", "val"):  # built here, once: the workers only read the cache
             images.load_split(ds, split, size, channels)
@@ -144,7 +144,7 @@ def _fit_in_workers(jobs: list[Job], ds: Dataset, workers: int) -> list[dict | T
     log(f"training {len(jobs)} ablation runs side by side in {workers} processes of one thread each")
     context = multiprocessing.get_context("spawn")
     outcomes: list = [None] * len(jobs)
-    queued, idle = costliest_first(jobs, len(ds.classes)), []
+    queued, idle = list(order), []
     busy = {}  # (process, connection) -> its job's index
     try:
         for _ in range(workers):
@@ -184,7 +184,8 @@ def _fit_in_workers(jobs: list[Job], ds: Dataset, workers: int) -> list[dict | T
     return outcomes
 
 
-def fit_jobs(jobs: list[Job], ds: Dataset, workers: int = 0) -> list[dict | TrainingError]:
+def fit_jobs(jobs: list[Job], ds: Dataset, workers: int = 0, order: list[int] | None = None
+             ) -> list[dict | TrainingError]:
     """Train every job (train.fit: a finished checkpoint for the same params is reused, an unfinished one
     resumed); each entry is its fit, or the TrainingError (NaN loss, out of memory) that stopped it, and
     the other jobs still train.
@@ -198,9 +199,12 @@ def fit_jobs(jobs: list[Job], ds: Dataset, workers: int = 0) -> list[dict | Trai
     they are equal). The workers are spawned, not forked (forking a process whose torch already runs
     threads can deadlock), and get the params, the Dataset and the folders by pickling; the decoded-image
     cache is built here first, so they never race to build it. An unexpected exception in a worker, or a
-    worker that dies, is raised here with the job's name, and Ctrl-C stops every worker.
+    worker that dies, is raised here with the job's name, and Ctrl-C stops every worker. `order`: the job
+    indices in the order the workers get them (default `costliest_first`).
     """
-    return _fit_in_workers(jobs, ds, workers) if workers > 0 else [_fit(job, ds) for job in jobs]
+    if workers == 0:
+        return [_fit(job, ds) for job in jobs]
+    return _fit_in_workers(jobs, ds, workers, costliest_first(jobs, len(ds.classes)) if order is None else order)
 
 
 def _workers(device: torch.device) -> int:

@@ -9,6 +9,7 @@ a new one.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -82,6 +83,12 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
 def write_text(path: str | Path, text: str) -> Path:
     """Atomically write a text file (UTF-8)."""
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def folder_cache(cache_dir: str | Path, root: str | Path) -> Path:
+    """The one .npz in `cache_dir` that caches something about the data folder `root` (named by its resolved
+    path, so each copy of a dataset has its own)."""
+    return Path(cache_dir) / f"{hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:24]}.npz"
 
 
 def save_arrays(path: str | Path, **arrays) -> Path:

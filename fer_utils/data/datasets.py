@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from ..config.registry import DATASETS
-from ..paths import CACHE_DIR, save_arrays
+from ..paths import CACHE_DIR, folder_cache, save_arrays
 from . import labels, splits, synthetic
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -254,7 +254,7 @@ def _cached_manifest(root: Path, split_dirs: list[Path], read) -> tuple[dict, li
     """`read()`'s (columns, skipped), from the folder's cache file when its stamp (`_folder_stamp`) still
     holds, else read and cached (one file per data folder, replaced; an unreadable one is read again)."""
     stamp = _folder_stamp(split_dirs)
-    cache = MANIFEST_CACHE_DIR / f"{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:24]}.npz"
+    cache = folder_cache(MANIFEST_CACHE_DIR, root)
     try:
         with np.load(cache, allow_pickle=False) as z:
             if str(z["stamp"]) == stamp:

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..paths import CACHE_DIR, save_arrays
+from ..paths import CACHE_DIR, folder_cache, save_arrays
 
 if TYPE_CHECKING:
     from .datasets import Dataset
@@ -124,7 +124,7 @@ def pixel_hashes(ds: Dataset, workers: int | None = None) -> pd.Series:
         return pd.Series(digests, index=ds.frame.index, dtype=str)
     locations = sorted(set(ds.frame["location"]))
     stamps = [(lambda st: f"{st.st_size}:{st.st_mtime_ns}")(os.stat(ds.path(loc))) for loc in locations]
-    cache = HASH_CACHE_DIR / f"{hashlib.sha256(str(ds.root.resolve()).encode()).hexdigest()[:24]}.npz"
+    cache = folder_cache(HASH_CACHE_DIR, ds.root)
     try:
         with np.load(cache, allow_pickle=False) as z:
             known = dict(zip(zip(z["location"].tolist(), z["stamp"].tolist()), z["hash"].tolist()))

@@ -132,7 +132,7 @@ def load_model(path: str | Path, device="cpu") -> tuple[nn.Module, dict]:
 
 
 def match_checkpoint(path: Path, params: dict, classes: list, fingerprint: str,
-                     targets: str = "") -> tuple[dict | None, str]:
+                     targets: str) -> tuple[dict | None, str]:
     """(checkpoint, "") when `path` was made with these training params, classes, data and targets (the
     digest of their sources, `targets.source_digest`: "" for the labels; a checkpoint from before it was
     recorded counts as trained on the labels); else (None, why).
